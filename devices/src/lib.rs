@@ -8,9 +8,12 @@
 pub mod ioapic;
 pub mod legacy;
 pub mod serial;
+#[cfg(test)]
+mod test_utils;
 
-pub use ioapic::{IoApic, IoApicSink};
+pub use ioapic::{IoApic, IoApicSink, RedirectionEntry};
 pub use legacy::{AcpiPmControl, DebugExit, ResetControl};
+pub use serial::{IoApicPinTrigger, SerialDevice, SerialError, TriggerError};
 
 /// A device reachable through a guest bus (port I/O or MMIO).
 ///
@@ -44,4 +47,11 @@ pub trait VmExitHandler: Send + Sync {
 /// Fills `data` with all ones: the answer to a read nothing decodes.
 pub fn fill_ones(data: &mut [u8]) {
     data.iter_mut().for_each(|b| *b = 0xff);
+}
+
+/// The offset byte `lane` of an access at `offset` touches, as seen by a device with 8-bit
+/// registers: a wider access reaches consecutive registers one byte at a time, the way the
+/// chipset splits it on the ISA bus. `None` when the sum overflows.
+pub(crate) fn byte_lane_offset(offset: u64, lane: usize) -> Option<u64> {
+    offset.checked_add(u64::try_from(lane).ok()?)
 }
