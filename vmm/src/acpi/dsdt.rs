@@ -1,0 +1,155 @@
+//! Differentiated System Description Table (ACPI 6.3 §5.2.11.1): hand-encoded AML.
+//!
+//! Contents:
+//! - `Name(_S5, Package(){5, 0, 0, 0})` at the root: on a hardware-reduced platform OSPM
+//!   powers off by writing SLP_TYP = 5 (with SLP_EN) to the FADT's SLEEP_CONTROL_REG.
+//! - Under `\_SB`, one processor device per vCPU: `Device(Cnnn){Name(_HID, "ACPI0007")
+//!   Name(_UID, i)}` (nnn = i in hex). §5.2.12.12 requires a processor device for every
+//!   x2APIC entry; OSPM matches `_UID` against the MADT's processor UIDs.
+//! - Under `\_SB`, `COM1` (`_HID EISAID("PNP0501")`, `_UID 0`, `_CRS` with `IO(Decode16)` and
+//!   `IRQNoFlags`) when the configuration has a serial port.
+
+use super::aml::{Aml, AmlString, Device, EisaId, Name, Package, ResourceTemplate, Scope};
+use super::sdt::Sdt;
+use super::{AcpiConfig, AcpiError};
+
+/// DSDT signature.
+pub const SIGNATURE: [u8; 4] = *b"DSDT";
+/// DSDT revision 2: AML integers are 64-bit.
+pub const REVISION: u8 = 2;
+
+/// Sleep type value the guest writes to power off (`_S5` SLP_TYPa).
+pub const S5_SLP_TYP: u8 = 5;
+/// Hardware ID of ACPI processor devices.
+const PROCESSOR_HID: &str = "ACPI0007";
+/// EISA ID of a 16550-compatible serial port.
+const SERIAL_HID: &str = "PNP0501";
+/// Number of I/O ports a 16550 decodes.
+const SERIAL_PORT_LEN: u8 = 8;
+/// Alignment field of the serial port's IO descriptor (min == max, so no relocation).
+const SERIAL_PORT_ALIGN: u8 = 0;
+
+/// Processor device names are a letter followed by three hex digits; the letter advances
+/// from `C` every 4096 processors.
+const CPU_NAME_FIRST_LETTER: u8 = b'C';
+const CPU_NAME_LAST_LETTER: u8 = b'Z';
+const CPUS_PER_LETTER: usize = 0x1000;
+
+/// Largest number of vCPUs the DSDT can name.
+pub const MAX_CPUS: usize =
+    ((CPU_NAME_LAST_LETTER - CPU_NAME_FIRST_LETTER) as usize + 1) * CPUS_PER_LETTER;
+
+/// Name of the processor device for processor `index`: `C000`..`CFFF`, then `D000`...
+pub fn cpu_device_name(index: usize) -> Result<String, AcpiError> {
+    let letter = u8::try_from(index / CPUS_PER_LETTER)
+        .ok()
+        .and_then(|l| CPU_NAME_FIRST_LETTER.checked_add(l))
+        .filter(|l| *l <= CPU_NAME_LAST_LETTER)
+        .ok_or(AcpiError::TooManyCpus(index.saturating_add(1)))?;
+    Ok(format!(
+        "{}{:03X}",
+        char::from(letter),
+        index % CPUS_PER_LETTER
+    ))
+}
+
+fn processor_device(index: usize) -> Result<Device, AcpiError> {
+    let uid = u32::try_from(index).map_err(|_| AcpiError::TooManyCpus(index))?;
+    Ok(Device::new(
+        &cpu_device_name(index)?,
+        vec![
+            Box::new(Name::new("_HID", AmlString::new(PROCESSOR_HID)?)?),
+            Box::new(Name::new("_UID", uid)?),
+        ],
+    )?)
+}
+
+fn serial_device(port: u16, irq: u8) -> Result<Device, AcpiError> {
+    let crs = ResourceTemplate::new()
+        .io_decode16(port, port, SERIAL_PORT_ALIGN, SERIAL_PORT_LEN)
+        .irq_no_flags(irq)?;
+    Ok(Device::new(
+        "COM1",
+        vec![
+            Box::new(Name::new("_HID", EisaId::new(SERIAL_HID)?)?),
+            Box::new(Name::new("_UID", 0u8)?),
+            Box::new(Name::new("_CRS", crs)?),
+        ],
+    )?)
+}
+
+/// Builds the DSDT for `cfg`.
+pub fn build(cfg: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
+    let s5 = Package::new(vec![
+        Box::new(S5_SLP_TYP),
+        Box::new(0u8),
+        Box::new(0u8),
+        Box::new(0u8),
+    ]);
+
+    let mut sb: Vec<Box<dyn Aml>> = Vec::with_capacity(cfg.apic_ids.len() + 1);
+    for index in 0..cfg.apic_ids.len() {
+        sb.push(Box::new(processor_device(index)?));
+    }
+    if let Some((port, irq)) = cfg.serial {
+        sb.push(Box::new(serial_device(port, irq)?));
+    }
+
+    let mut aml = Vec::new();
+    Name::new("_S5", s5)?.append_aml(&mut aml)?;
+    Scope::new("\\_SB", sb)?.append_aml(&mut aml)?;
+
+    let mut t = Sdt::new(SIGNATURE, REVISION);
+    t.append(&aml);
+    t.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acpi::sdt::checksum;
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn cpu_names() {
+        assert_eq!(cpu_device_name(0).unwrap(), "C000");
+        assert_eq!(cpu_device_name(0x3ff).unwrap(), "C3FF");
+        assert_eq!(cpu_device_name(0x1000).unwrap(), "D000");
+        assert_eq!(cpu_device_name(MAX_CPUS - 1).unwrap(), "ZFFF");
+        assert!(cpu_device_name(MAX_CPUS).is_err());
+    }
+
+    #[test]
+    fn contents() {
+        let t = build(&AcpiConfig::default()).unwrap();
+        assert_eq!(&t[0..4], b"DSDT");
+        assert_eq!(t[8], 2);
+        assert_eq!(checksum(&t), 0);
+        assert_eq!(
+            &t[36..49],
+            &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x07, 0x04, 0x0a, 0x05, 0x00, 0x00, 0x00]
+        );
+        assert!(contains(&t, b"\x5b\x82"));
+        assert!(contains(&t, b"COM1"));
+        assert!(contains(&t, &[0x0c, 0x41, 0xd0, 0x05, 0x01]));
+        assert!(contains(&t, b"C000"));
+
+        let no_serial = AcpiConfig {
+            serial: None,
+            ..AcpiConfig::default()
+        };
+        assert!(!contains(&build(&no_serial).unwrap(), b"COM1"));
+    }
+
+    #[test]
+    fn bad_serial_irq() {
+        let cfg = AcpiConfig {
+            serial: Some((0x3f8, 16)),
+            ..AcpiConfig::default()
+        };
+        assert!(matches!(build(&cfg), Err(AcpiError::Aml(_))));
+    }
+}
