@@ -1,4 +1,21 @@
 //! irvmm's VM lifecycle: KVM VM and vCPUs, guest memory, boot, ACPI, interrupt routes,
 //! buses and device wiring.
+//!
+//! The entry point is [`run`]: it checks a [`VmConfig`], builds the VM and runs it until
+//! the guest stops, returning a [`VmOutcome`].
 
 pub mod acpi;
+pub mod boot;
+pub mod bus;
+pub mod cpuid;
+pub mod interrupts;
+pub mod layout;
+pub mod memory;
+pub mod routes;
+pub mod topology;
+pub mod vcpu;
+pub mod vm;
+
+pub use topology::{Topology, TopologyError};
+pub use vcpu::VmOutcome;
+pub use vm::{run, Error, SerialMode, VmConfig};

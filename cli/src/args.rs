@@ -1,0 +1,171 @@
+//! Command-line grammar and value parsers.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use vmm::{SerialMode, Topology};
+
+const EXAMPLES: &str = "\
+Examples:
+  irvmm --kernel target/guests/vmlinux --initramfs target/guests/initramfs.cpio.gz \\
+        --cmdline \"console=ttyS0\" --cpus 4 --memory 512M
+  irvmm --kernel target/guests/probe.elf --cmdline probe=boot --cpus 288,sockets=2,cores=144,threads=1
+  irvmm --kernel bzImage --cpu-features -cx16,-xsave --cmdline \"console=ttyS0 noxsave\" --serial file:boot.log
+
+Exit status: the guest's debug-exit status (port 0x501), 0 on ACPI power-off or reset,
+120 when the guest crashes (triple fault, KVM internal error), 121 on a VMM failure,
+2 for bad command-line input. Set RUST_LOG=debug for details.";
+
+/// irvmm: a KVM virtual machine monitor for x86-64 with interrupt remapping done right at scale.
+#[derive(Debug, Parser)]
+#[command(name = "irvmm", version, about, after_help = EXAMPLES)]
+pub struct Args {
+    /// Kernel to boot: an ELF with a PVH entry note (vmlinux) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initial ramdisk (cpio, optionally compressed) handed to the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+
+    /// vCPUs: a count, optionally with a topology whose product is that count.
+    #[arg(long, value_name = "N[,sockets=S,cores=C,threads=T]", default_value = "1", value_parser = parse_cpus)]
+    pub cpus: Topology,
+
+    /// Guest RAM: a byte count with an optional K, M or G suffix (binary units).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+
+    /// Where COM1 goes: stdio, file:PATH or off.
+    #[arg(long, value_name = "stdio|file:PATH|off", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialMode,
+
+    /// CPUID features to hide (-name) or offer (+name), comma separated, e.g. -cx16,-xsave.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub cpu_features: String,
+
+    /// Offer the paravirtual extended destination ID (MSI address bits 11:5 carry APIC ID
+    /// bits 14:8), the IOMMU-less way to reach APIC IDs above 255.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    pub ext_dest_id: bool,
+}
+
+/// Parses `N[,sockets=S,cores=C,threads=T]`; omitted parts default so the product is N.
+pub fn parse_cpus(s: &str) -> Result<Topology, String> {
+    let mut parts = s.split(',');
+    let count: u32 = parts.next().unwrap_or("").trim().parse().map_err(|_| {
+        format!("'{s}' is not a vCPU count (use e.g. 4 or 288,sockets=2,cores=144,threads=1)")
+    })?;
+    let (mut sockets, mut cores, mut threads) = (None, None, None);
+    for p in parts {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("'{p}' must be sockets=N, cores=N or threads=N"))?;
+        let v: u32 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{p}': '{v}' is not a number"))?;
+        match k.trim() {
+            "sockets" => sockets = Some(v),
+            "cores" => cores = Some(v),
+            "threads" => threads = Some(v),
+            other => {
+                return Err(format!(
+                    "unknown topology key '{other}' (use sockets, cores, threads)"
+                ))
+            }
+        }
+    }
+    let sockets = sockets.unwrap_or(1);
+    let threads = threads.unwrap_or(1);
+    let cores = match cores {
+        Some(c) => c,
+        None if sockets > 0 && threads > 0 => count / (sockets * threads).max(1),
+        None => 0,
+    };
+    Topology::new(count, sockets, cores, threads).map_err(|e| e.to_string())
+}
+
+/// Parses a size with an optional K/M/G suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (use e.g. 512M or 2G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses `stdio`, `off` or `file:PATH`.
+pub fn parse_serial(s: &str) -> Result<SerialMode, String> {
+    match s {
+        "stdio" => Ok(SerialMode::Stdio),
+        "off" => Ok(SerialMode::Off),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialMode::File(PathBuf::from(p))),
+            _ => Err(format!("'{s}' is not stdio, off or file:PATH")),
+        },
+    }
+}
+
+/// Parses `on` or `off`.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn cpus_with_and_without_topology() {
+        assert_eq!(parse_cpus("4").unwrap().cpus(), 4);
+        let t = parse_cpus("288,sockets=2,threads=2").unwrap();
+        assert_eq!((t.sockets, t.cores, t.threads), (2, 72, 2));
+        assert!(parse_cpus("0").is_err());
+        assert!(parse_cpus("10,sockets=3").is_err());
+        assert!(parse_cpus("4,dies=2").is_err());
+        assert!(parse_cpus("x").is_err());
+    }
+
+    #[test]
+    fn serial_modes() {
+        assert_eq!(parse_serial("off"), Ok(SerialMode::Off));
+        assert_eq!(
+            parse_serial("file:/tmp/x"),
+            Ok(SerialMode::File("/tmp/x".into()))
+        );
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("tcp:1").is_err());
+    }
+}

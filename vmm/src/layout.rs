@@ -1,0 +1,88 @@
+//! The guest-physical address map (q35-like, so one guest runs on irvmm and QEMU).
+//!
+//! Low RAM ends where the PCIe ECAM window begins (as QEMU's q35 does for guests of up to
+//! 2.75 GiB); the rest of RAM is placed above 4 GiB. Fixed boot structures live in the
+//! first megabyte, below the kernel.
+
+/// Start of the usable low-memory area (real-mode IVT and BDA end here).
+pub const LOW_MEM_START: u64 = 0x0;
+/// Start of the extended BIOS data area; RAM below it is reported usable.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Start of the legacy VGA/BIOS hole, reserved up to 1 MiB.
+pub const LEGACY_HOLE_START: u64 = 0xa_0000;
+/// Start of the region that holds the ACPI tables (also scanned for the RSDP).
+pub const ACPI_START: u64 = 0xe_0000;
+/// End of the ACPI region and of the legacy hole.
+pub const ACPI_END: u64 = 0x10_0000;
+/// Where kernels are loaded and where "high memory" begins for the loaders.
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+
+/// Boot GDT (a handful of 8-byte descriptors).
+pub const BOOT_GDT_ADDR: u64 = 0x500;
+/// Empty boot IDT (the guest installs its own before enabling interrupts).
+pub const BOOT_IDT_ADDR: u64 = 0x520;
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// PVH module list (one entry: the initramfs).
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+/// PVH memory map entries.
+pub const PVH_MEMMAP_ADDR: u64 = 0x6100;
+/// Linux zero page (`boot_params`) for the 64-bit boot protocol.
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// Initial stack pointer for the 64-bit boot protocol.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity-mapping page tables: PML4, then PDPT, then four page directories.
+pub const PML4_ADDR: u64 = 0x9000;
+/// Page-directory-pointer table.
+pub const PDPT_ADDR: u64 = 0xa000;
+/// First of the four page directories (2 MiB pages, 4 GiB identity map).
+pub const PD_ADDR: u64 = 0xb000;
+/// Number of page directories (one per GiB mapped).
+pub const PD_COUNT: u64 = 4;
+/// Kernel command line.
+pub const CMDLINE_ADDR: u64 = 0x2_0000;
+/// Largest command line the VMM places (the x86 boot protocol limit is lower for old kernels).
+pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
+
+/// End of low RAM: the PCIe ECAM window starts here.
+pub const LOW_RAM_END: u64 = 0xb000_0000;
+/// PCIe ECAM (MMCONFIG) base.
+pub const PCIE_ECAM_START: u64 = 0xb000_0000;
+/// 32-bit PCI MMIO window end.
+pub const PCI_MMIO_END: u64 = 0xfe00_0000;
+/// Userspace IOAPIC MMIO base.
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// Size of the IOAPIC MMIO window.
+pub const IOAPIC_SIZE: u64 = 0x1000;
+/// VT-d remapping unit base.
+pub const VTD_ADDR: u64 = 0xfed9_0000;
+/// Local APIC / MSI window.
+pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+/// TSS area KVM needs on Intel hosts (three pages just below 4 GiB's BIOS area).
+pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
+/// First address above the 32-bit hole.
+pub const HIGH_RAM_BASE: u64 = 0x1_0000_0000;
+
+/// COM1 port base and its ISA IRQ.
+pub const COM1_PORT: u16 = 0x3f8;
+/// COM1's ISA IRQ (IOAPIC pin).
+pub const COM1_IRQ: u8 = 4;
+/// Number of COM1 ports.
+pub const COM1_PORT_COUNT: u64 = 8;
+/// QEMU `isa-debug-exit,iobase=0x501,iosize=2`.
+pub const DEBUG_EXIT_PORT: u16 = 0x501;
+/// Number of debug-exit ports.
+pub const DEBUG_EXIT_PORT_COUNT: u64 = 2;
+/// ACPI PM block: FADT sleep control (+0) and sleep status (+1) registers.
+pub const ACPI_PM_PORT: u16 = 0x600;
+/// Number of ports of the ACPI PM block.
+pub const ACPI_PM_PORT_COUNT: u64 = 2;
+/// Reset control register (also the FADT reset register).
+pub const RESET_PORT: u16 = 0xcf9;
+/// Value the FADT tells the guest to write to the reset register.
+pub const RESET_VALUE: u8 = 0x06;
+
+/// Number of IOAPIC pins, which are also the first GSIs.
+pub const IOAPIC_PINS: usize = 24;
+/// The IOAPIC's ID as given in the MADT.
+pub const IOAPIC_ID: u8 = 0;
