@@ -1,0 +1,120 @@
+//! irvmm's probe guest: a freestanding x86-64 program booted by PVH (on irvmm and on QEMU)
+//! that runs one test scenario, named by `probe=NAME` on the command line, and reports
+//! through COM1 and the debug-exit port (see [`report`]).
+//!
+//! Built for the host target with `no_std` and the flags in `.cargo/config.toml`; the entry
+//! code in [`entry`] leaves the BSP in long mode with the first 4 GiB identity-mapped.
+
+#![no_std]
+#![no_main]
+// Failure reasons are fixed-size `Text`s returned by value: there is no allocator to box them,
+// and failing is the end of a run, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
+// These modules also hold the parsers and helpers that the scenarios still to come (smp,
+// ioapic, msi, vtd) use; until they exist, parts are unused.
+#[allow(dead_code)]
+mod acpi;
+#[allow(dead_code)]
+mod entry;
+mod idt;
+mod mem;
+mod phys;
+mod pvh;
+mod report;
+#[allow(dead_code)]
+mod scenarios;
+mod serial;
+#[allow(dead_code)]
+mod x86;
+
+use core::panic::PanicInfo;
+
+use report::MAX_NAME;
+use scenarios::Context;
+
+/// Rust entry point on the BSP, called by the entry code with the `hvm_start_info` address.
+#[no_mangle]
+pub extern "C" fn probe_main(start_info_addr: u64) -> ! {
+    serial::init();
+    idt::init();
+    // Start on a fresh line: firmware may have left the cursor mid-line.
+    sprintln!();
+    sprintln!("probe: irvmm probe guest {}", env!("CARGO_PKG_VERSION"));
+
+    let start_info = match pvh::StartInfo::read(start_info_addr) {
+        Ok(si) => si,
+        Err(reason) => report::finish("none", Err(reason)),
+    };
+    let cmdline = start_info.cmdline();
+    sprintln!("probe: cmdline \"{}\"", Printable(cmdline));
+
+    let name = match pvh::cmdline_value(cmdline, "probe") {
+        None => report::finish("none", Err(text!("no probe=NAME on the command line"))),
+        Some(raw) => match scenario_name(raw) {
+            Some(name) => name,
+            None => report::finish(
+                "none",
+                Err(text!("bad scenario name \"{}\"", Printable(raw))),
+            ),
+        },
+    };
+    report::set_current(name);
+
+    let outcome = match scenarios::find(name) {
+        Some(scenario) => {
+            let ctx = Context {
+                start_info,
+                cmdline,
+            };
+            (scenario.run)(&ctx)
+        }
+        None => Err(text!("unknown scenario")),
+    };
+    report::finish(name, outcome)
+}
+
+/// `raw` as a scenario name: 1 to [`MAX_NAME`] characters from `[A-Za-z0-9_.-]`.
+fn scenario_name(raw: &[u8]) -> Option<&str> {
+    let ok = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    if raw.is_empty() || raw.len() > MAX_NAME || !raw.iter().all(ok) {
+        return None;
+    }
+    core::str::from_utf8(raw).ok()
+}
+
+/// Display adaptor printing bytes as ASCII, other bytes as `?`, truncated to 200 bytes.
+struct Printable<'a>(&'a [u8]);
+
+impl core::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for &b in self.0.iter().take(200) {
+            let c = if b == b' ' || b.is_ascii_graphic() {
+                b as char
+            } else {
+                '?'
+            };
+            core::fmt::Write::write_char(f, c)?;
+        }
+        Ok(())
+    }
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    match info.location() {
+        Some(l) => report::fail_now(text!(
+            "panic at {}:{}: {}",
+            l.file(),
+            l.line(),
+            info.message()
+        )),
+        None => report::fail_now(text!("panic: {}", info.message())),
+    }
+}
+
+/// Never called: unwinding is off (`panic = "abort"`), but the prebuilt `core` (compiled for
+/// unwinding) refers to the personality routine, and without LTO (dev profile) that reference
+/// survives to the link.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}

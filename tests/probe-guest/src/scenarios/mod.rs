@@ -1,0 +1,53 @@
+//! The scenarios a probe run can perform, selected by `probe=NAME` on the command line.
+//!
+//! A scenario gets the boot [`Context`] and returns an [`Outcome`]: `Ok` with the
+//! `key=value ...` details of the `PROBE PASS` line, or `Err` with the `PROBE FAIL` reason.
+//! It may print progress lines of its own before returning; only the BSP prints.
+//!
+//! Planned (not yet implemented): `smp` (AP bring-up via x2APIC INIT-SIPI-SIPI and a 16-bit
+//! trampoline below 1 MiB, APs reporting through memory), `ioapic` (pin interrupts to
+//! vCPUs with large APIC IDs), `msi` (device MSI/MSI-X delivery), `vtd` (interrupt
+//! remapping programming and faults). Each becomes one module and one row in [`ALL`].
+
+mod boot;
+mod fault;
+
+use crate::pvh::StartInfo;
+use crate::report::Outcome;
+
+/// What every scenario starts from.
+pub struct Context {
+    /// The PVH boot information.
+    pub start_info: StartInfo,
+    /// The kernel command line (may be empty).
+    pub cmdline: &'static [u8],
+}
+
+/// One row of the dispatch table.
+pub struct Scenario {
+    /// The `probe=` value that selects it.
+    pub name: &'static str,
+    /// One line on what it checks.
+    pub summary: &'static str,
+    /// Runs it on the BSP.
+    pub run: fn(&Context) -> Outcome,
+}
+
+/// Every scenario, by name.
+pub static ALL: &[Scenario] = &[
+    Scenario {
+        name: "boot",
+        summary: "PVH boot info, ACPI tables and checksums, MADT processor count",
+        run: boot::run,
+    },
+    Scenario {
+        name: "fault",
+        summary: "raises #UD: must end in PROBE FAIL (checks the failure path)",
+        run: fault::run,
+    },
+];
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|s| s.name == name)
+}
