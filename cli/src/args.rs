@@ -57,6 +57,10 @@ pub struct Args {
     /// bits 14:8), the IOMMU-less way to reach APIC IDs above 255.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
     pub ext_dest_id: bool,
+
+    /// KVM device node.
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    pub kvm_device: PathBuf,
 }
 
 /// Parses `N[,sockets=S,cores=C,threads=T]`; omitted parts default so the product is N.

@@ -31,13 +31,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's message spans several lines; keep the one that names the flag.
+            // clap's message spans several lines: keep its first paragraph (which names
+            // the flag) on one line, and leave the usage summary to --help.
             let text = e.to_string();
-            let line = text
+            let first: Vec<&str> = text
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = first.join(" ");
+            let line = line.trim_start_matches("error: ");
             return usage_error(&format!("{line} (see irvmm --help)"));
         }
     };
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         serial: args.serial,
         cpu_features,
         ext_dest_id: args.ext_dest_id,
+        kvm_device: args.kvm_device,
     };
     match vmm::run(&config) {
         Ok(VmOutcome::DebugExit(v)) => ExitCode::from(v),

@@ -61,6 +61,8 @@ pub struct VmConfig {
     pub cpu_features: Vec<FeatureOverride>,
     /// Offer the paravirtual extended destination ID.
     pub ext_dest_id: bool,
+    /// The KVM device node (normally `/dev/kvm`).
+    pub kvm_device: PathBuf,
 }
 
 /// VM errors. [`Error::Usage`] means the user's input was refused before anything started.
@@ -369,12 +371,17 @@ fn spawn_stdin(serial: Arc<Mutex<SerialDevice>>) -> Result<(), Error> {
 
 /// Builds the VM described by `config`, runs it until it stops and says why.
 pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
-    let kvm = Kvm::new().map_err(|e| {
-        Error::usage(
-            "/dev/kvm",
-            format!("cannot open /dev/kvm: {e}; irvmm needs KVM and read/write access to /dev/kvm"),
-        )
-    })?;
+    let kvm_path = config.kvm_device.display().to_string();
+    let kvm = std::ffi::CString::new(config.kvm_device.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::usage("--kvm-device", "the path contains a NUL byte"))
+        .and_then(|path| {
+            Kvm::new_with_path(&path).map_err(|e| {
+                Error::usage(
+                    "--kvm-device",
+                    format!("cannot open {kvm_path}: {e}; irvmm needs KVM (load kvm_intel or kvm_amd) and read/write access to the device"),
+                )
+            })
+        })?;
     preflight(config, &kvm)?;
     let kernel = KernelImage::open(&config.kernel).map_err(|e| boot_usage(e, config))?;
     let initramfs = config

@@ -1,0 +1,205 @@
+//! Bad command-line input: one line on stderr naming the flag, exit status 2, no guest
+//! output (nothing was started).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{asset, irvmm, kvm_available, skip};
+
+/// Runs irvmm and checks the usage-error contract; returns the error line.
+fn refused(args: &[&str], flag: &str) -> String {
+    let out = Command::new(irvmm())
+        .args(args)
+        .output()
+        .expect("run irvmm");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "args {args:?}: stderr: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "args {args:?}: the guest must not have run"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "args {args:?}: one line expected, got: {stderr}"
+    );
+    assert!(
+        lines[0].contains(flag),
+        "args {args:?}: '{}' does not name {flag}",
+        lines[0]
+    );
+    lines[0].to_string()
+}
+
+/// A scratch file with `bytes`, unique per test.
+fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("irvmm-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("scratch file");
+    p
+}
+
+/// The probe guest when present, else a file that passes the format check (so flag
+/// checks that come later still run).
+fn some_kernel() -> PathBuf {
+    asset("probe.elf").unwrap_or_else(|_| scratch("fake.elf", b"\x7fELF\x02\x01\x01"))
+}
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn missing_kernel_flag() {
+    refused(&["--cpus", "1"], "--kernel");
+}
+
+#[test]
+fn nonexistent_kernel() {
+    let l = refused(&["--kernel", "/nonexistent/vmlinux"], "--kernel");
+    assert!(l.contains("/nonexistent/vmlinux"), "{l}");
+}
+
+#[test]
+fn directory_as_kernel() {
+    let dir = std::env::temp_dir();
+    refused(&["--kernel", s(&dir)], "--kernel");
+}
+
+#[test]
+fn empty_kernel() {
+    let p = scratch("empty", b"");
+    let l = refused(&["--kernel", s(&p)], "--kernel");
+    assert!(l.contains("empty"), "{l}");
+}
+
+#[test]
+fn kernel_neither_elf_nor_bzimage() {
+    let p = scratch("text", b"this is not a kernel at all, just some text\n");
+    let l = refused(&["--kernel", s(&p)], "--kernel");
+    assert!(l.contains("neither"), "{l}");
+}
+
+#[test]
+fn truncated_elf_kernel() {
+    if let Err(why) = kvm_available() {
+        return skip("truncated_elf_kernel", &why);
+    }
+    let p = scratch("trunc.elf", b"\x7fELF\x02\x01\x01\x00\x00");
+    refused(&["--kernel", s(&p)], "--kernel");
+}
+
+#[test]
+fn missing_initramfs() {
+    let k = some_kernel();
+    refused(
+        &["--kernel", s(&k), "--initramfs", "/nonexistent/initrd"],
+        "--initramfs",
+    );
+}
+
+#[test]
+fn zero_cpus() {
+    let k = some_kernel();
+    refused(&["--kernel", s(&k), "--cpus", "0"], "--cpus");
+}
+
+#[test]
+fn cpus_above_kvm_maximum() {
+    if let Err(why) = kvm_available() {
+        return skip("cpus_above_kvm_maximum", &why);
+    }
+    let k = some_kernel();
+    let l = refused(&["--kernel", s(&k), "--cpus", "100000"], "--cpus");
+    assert!(l.contains("at most"), "{l}");
+}
+
+#[test]
+fn topology_product_mismatch() {
+    let k = some_kernel();
+    refused(
+        &["--kernel", s(&k), "--cpus", "10,sockets=3,cores=3"],
+        "--cpus",
+    );
+}
+
+#[test]
+fn unparseable_memory() {
+    let k = some_kernel();
+    refused(&["--kernel", s(&k), "--memory", "lots"], "--memory");
+}
+
+#[test]
+fn too_small_memory() {
+    if let Err(why) = kvm_available() {
+        return skip("too_small_memory", &why);
+    }
+    let k = some_kernel();
+    let l = refused(&["--kernel", s(&k), "--memory", "1M"], "--memory");
+    assert!(l.contains("too small"), "{l}");
+}
+
+#[test]
+fn memory_beyond_host() {
+    if let Err(why) = kvm_available() {
+        return skip("memory_beyond_host", &why);
+    }
+    let k = some_kernel();
+    refused(&["--kernel", s(&k), "--memory", "1048576G"], "--memory");
+}
+
+#[test]
+fn unknown_cpu_feature() {
+    let k = some_kernel();
+    let l = refused(
+        &["--kernel", s(&k), "--cpu-features", "-cx16,-warpdrive"],
+        "--cpu-features",
+    );
+    assert!(l.contains("warpdrive"), "{l}");
+}
+
+#[test]
+fn cpu_feature_without_sign() {
+    let k = some_kernel();
+    refused(
+        &["--kernel", s(&k), "--cpu-features", "cx16"],
+        "--cpu-features",
+    );
+}
+
+#[test]
+fn bad_serial_mode() {
+    let k = some_kernel();
+    refused(&["--kernel", s(&k), "--serial", "telnet:1234"], "--serial");
+}
+
+#[test]
+fn no_kvm_device() {
+    let k = some_kernel();
+    let l = refused(
+        &["--kernel", s(&k), "--kvm-device", "/nonexistent/kvm"],
+        "--kvm-device",
+    );
+    assert!(l.contains("/nonexistent/kvm"), "{l}");
+}
+
+#[test]
+fn cmdline_too_long_for_pvh() {
+    if let Err(why) = kvm_available() {
+        return skip("cmdline_too_long_for_pvh", &why);
+    }
+    let k = match asset("probe.elf") {
+        Ok(k) => k,
+        Err(why) => return skip("cmdline_too_long_for_pvh", &why),
+    };
+    let long = "x".repeat(5000);
+    refused(&["--kernel", s(&k), "--cmdline", &long], "--cmdline");
+}

@@ -1,0 +1,195 @@
+//! Shared helpers for irvmm's integration tests: locating the binary and guest assets,
+//! deciding whether this host can run a tier, and running a guest with a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The irvmm binary under test.
+pub fn irvmm() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_irvmm"))
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// True when missing assets or /dev/kvm must fail the test instead of skipping it
+/// (set by `.ci/run`, which prepares both).
+fn strict() -> bool {
+    std::env::var_os("IRVMM_REQUIRE_ASSETS").is_some()
+}
+
+/// Prints why a test does not run here, where `cargo test` and nextest both show it.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// The path of guest asset `name` under `target/guests/`, or why it is unavailable.
+/// With `IRVMM_REQUIRE_ASSETS` set, a missing asset panics.
+pub fn asset(name: &str) -> Result<PathBuf, String> {
+    let p = repo_root().join("target/guests").join(name);
+    if p.is_file() {
+        return Ok(p);
+    }
+    let why = format!(
+        "guest asset {} is missing; run resources/fetch-assets.sh",
+        p.display()
+    );
+    assert!(!strict(), "{why}");
+    Err(why)
+}
+
+/// Whether /dev/kvm can be opened read/write.
+pub fn kvm_available() -> Result<(), String> {
+    let r = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let why = format!("/dev/kvm cannot be opened ({e})");
+            assert!(!strict(), "{why}");
+            Err(why)
+        }
+    }
+}
+
+/// Whether the host CPU has hardware virtualization (VT-x or AMD-V), which a full Linux
+/// boot needs (see the build-machine notes: the emulating KVM there cannot run `int3`).
+pub fn hardware_virtualization() -> Result<(), String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").map_err(|e| e.to_string())?;
+    let has = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if has {
+        Ok(())
+    } else {
+        Err("the host CPU has no hardware virtualization (no vmx/svm flag in /proc/cpuinfo); this KVM cannot boot Linux to user space".into())
+    }
+}
+
+/// What a guest run produced.
+#[derive(Debug)]
+pub struct GuestRun {
+    /// Exit status, `None` when the run was stopped (deadline or `stop_when`).
+    pub status: Option<ExitStatus>,
+    /// Serial console (stdout) lines.
+    pub lines: Vec<String>,
+    /// Standard error.
+    pub stderr: String,
+    /// True when the deadline passed.
+    pub timed_out: bool,
+    /// Wall time until exit or stop.
+    pub elapsed: Duration,
+}
+
+impl GuestRun {
+    /// True when some console line contains `needle`.
+    pub fn saw(&self, needle: &str) -> bool {
+        self.lines.iter().any(|l| l.contains(needle))
+    }
+
+    /// The exit code, if the process exited by itself.
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    /// A dump for assertion messages.
+    pub fn dump(&self) -> String {
+        let tail: Vec<&String> = self.lines.iter().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().map(String::as_str).collect();
+        format!(
+            "status={:?} timed_out={} elapsed={:?}\n--- console (last 40 lines) ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.timed_out,
+            self.elapsed,
+            tail.join("\n"),
+            self.stderr
+        )
+    }
+}
+
+/// Runs irvmm with `args` until it exits, `deadline` passes, or a console line satisfies
+/// `stop_when` (then the VM is killed).
+pub fn run_guest(
+    args: &[&str],
+    deadline: Duration,
+    stop_when: Option<&dyn Fn(&[String]) -> bool>,
+) -> GuestRun {
+    let start = Instant::now();
+    let mut child = Command::new(irvmm())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn irvmm");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(l).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let err_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    let mut stopped = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(l) => {
+                lines.push(l);
+                if stop_when.is_some_and(|f| f(&lines)) {
+                    stopped = true;
+                    break;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if start.elapsed() > deadline {
+            timed_out = true;
+            break;
+        }
+    }
+    let status = if stopped || timed_out {
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    } else {
+        Some(child.wait().expect("wait irvmm"))
+    };
+    // Drain what is left on the console.
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    GuestRun {
+        status,
+        lines,
+        stderr: err_thread.join().unwrap_or_default(),
+        timed_out,
+        elapsed: start.elapsed(),
+    }
+}

@@ -1,0 +1,98 @@
+//! Tier 3: Debian's kernel booted by irvmm.
+//!
+//! On the build machines (an emulating KVM without VT-x/AMD-V) Linux cannot reach user
+//! space, so these tests check what it prints first: its banner and its reading of our
+//! ACPI tables. On a host with hardware virtualization the initramfs test boots to
+//! user space; elsewhere it says why it skips.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{asset, hardware_virtualization, kvm_available, run_guest, skip};
+
+/// Linux's console lines that show it found and parsed our ACPI tables.
+const ACPI_LINES: [&str; 3] = [
+    "ACPI: DSDT",
+    "ACPI: APIC",
+    "Using ACPI (MADT) for SMP configuration",
+];
+/// The features this KVM cannot emulate (see the build-machine notes).
+const CPU_FEATURES: &str = "-cx16,-xsave";
+const CMDLINE: &str = "console=ttyS0 noxsave";
+
+fn banner_and_acpi(test: &str, image: &str) {
+    if let Err(why) = kvm_available() {
+        return skip(test, &why);
+    }
+    let kernel = match asset(image) {
+        Ok(p) => p,
+        Err(why) => return skip(test, &why),
+    };
+    let done = |lines: &[String]| lines.iter().any(|l| l.contains("smpboot: Allowing"));
+    let run = run_guest(
+        &[
+            "--kernel",
+            kernel.to_str().expect("utf-8 path"),
+            "--cpu-features",
+            CPU_FEATURES,
+            "--cmdline",
+            CMDLINE,
+            "--cpus",
+            "2",
+            "--memory",
+            "256M",
+        ],
+        Duration::from_secs(600),
+        Some(&done),
+    );
+    assert!(run.saw("Linux version"), "no banner\n{}", run.dump());
+    for l in ACPI_LINES {
+        assert!(run.saw(l), "missing '{l}'\n{}", run.dump());
+    }
+    assert!(run.saw("smpboot: Allowing 2 CPUs"), "{}", run.dump());
+    assert!(!run.timed_out, "{}", run.dump());
+}
+
+#[test]
+fn linux_pvh_vmlinux_prints_banner_and_acpi() {
+    banner_and_acpi("linux_pvh_vmlinux_prints_banner_and_acpi", "vmlinux");
+}
+
+#[test]
+fn linux_bzimage_prints_banner_and_acpi() {
+    banner_and_acpi("linux_bzimage_prints_banner_and_acpi", "bzImage");
+}
+
+#[test]
+fn linux_initramfs_reaches_user_space() {
+    let test = "linux_initramfs_reaches_user_space";
+    if let Err(why) = hardware_virtualization() {
+        return skip(test, &why);
+    }
+    if let Err(why) = kvm_available() {
+        return skip(test, &why);
+    }
+    let (kernel, initramfs) = match (asset("bzImage"), asset("initramfs.cpio.gz")) {
+        (Ok(k), Ok(i)) => (k, i),
+        (Err(why), _) | (_, Err(why)) => return skip(test, &why),
+    };
+    let run = run_guest(
+        &[
+            "--kernel",
+            kernel.to_str().expect("utf-8 path"),
+            "--initramfs",
+            initramfs.to_str().expect("utf-8 path"),
+            "--cmdline",
+            "console=ttyS0 panic=-1",
+            "--cpus",
+            "4",
+            "--memory",
+            "512M",
+        ],
+        Duration::from_secs(300),
+        None,
+    );
+    assert!(run.saw("IRVMM-INIT-OK cpus=4"), "{}", run.dump());
+    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+}
