@@ -171,7 +171,10 @@ mod tests {
         let m = MsiMessage::compat(1, true, 0x30, DeliveryMode::LowestPriority, true);
         assert!(m.is_level());
         assert_eq!(m.data, 0x30 | (1 << 8) | (1 << 14) | (1 << 15));
-        assert_eq!(m.address_lo & MSI_ADDR_DEST_MODE_LOGICAL, MSI_ADDR_DEST_MODE_LOGICAL);
+        assert_eq!(
+            m.address_lo & MSI_ADDR_DEST_MODE_LOGICAL,
+            MSI_ADDR_DEST_MODE_LOGICAL
+        );
     }
 
     #[test]
