@@ -137,8 +137,11 @@ mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
 
+    /// One committed route: (gsi, address_lo, address_hi, data).
+    type Committed = (u32, u32, u32, u32);
+
     #[derive(Default)]
-    struct Recorder(StdMutex<Vec<Vec<(u32, u32, u32, u32)>>>);
+    struct Recorder(StdMutex<Vec<Vec<Committed>>>);
 
     impl RoutingBackend for Recorder {
         fn set_routes(&self, entries: &[kvm_irq_routing_entry]) -> Result<(), RouteError> {

@@ -118,13 +118,12 @@ impl GuestRun {
     }
 }
 
+/// A predicate over the console lines seen so far that ends a run early.
+pub type StopWhen<'a> = &'a dyn Fn(&[String]) -> bool;
+
 /// Runs irvmm with `args` until it exits, `deadline` passes, or a console line satisfies
 /// `stop_when` (then the VM is killed).
-pub fn run_guest(
-    args: &[&str],
-    deadline: Duration,
-    stop_when: Option<&dyn Fn(&[String]) -> bool>,
-) -> GuestRun {
+pub fn run_guest(args: &[&str], deadline: Duration, stop_when: Option<StopWhen>) -> GuestRun {
     let start = Instant::now();
     let mut child = Command::new(irvmm())
         .args(args)
