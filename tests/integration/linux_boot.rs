@@ -96,3 +96,39 @@ fn linux_initramfs_reaches_user_space() {
     assert!(run.saw("IRVMM-INIT-OK cpus=4"), "{}", run.dump());
     assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
 }
+
+#[test]
+fn linux_288_vcpus_come_up_in_x2apic_mode() {
+    let test = "linux_288_vcpus_come_up_in_x2apic_mode";
+    if let Err(why) = kvm_available() {
+        return skip(test, &why);
+    }
+    let kernel = match asset("vmlinux") {
+        Ok(p) => p,
+        Err(why) => return skip(test, &why),
+    };
+    let x2apic = |l: &str| l.contains("x2apic enabled") || l.contains("x2apic: enabled by BIOS");
+    let done = |lines: &[String]| lines.iter().any(|l| x2apic(l));
+    let run = run_guest(
+        &[
+            "--kernel",
+            kernel.to_str().expect("utf-8 path"),
+            "--cpu-features",
+            CPU_FEATURES,
+            "--cmdline",
+            CMDLINE,
+            "--cpus",
+            "288",
+            "--memory",
+            "256M",
+        ],
+        Duration::from_secs(900),
+        Some(&done),
+    );
+    assert!(run.saw("smpboot: Allowing 288 CPUs"), "{}", run.dump());
+    assert!(
+        run.lines.iter().any(|l| x2apic(l)),
+        "x2APIC mode not reached\n{}",
+        run.dump()
+    );
+}

@@ -228,3 +228,37 @@ impl Vcpu {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_exit_reason_wins_and_wakes_waiter() {
+        let state = Arc::new(ExitState::default());
+        assert!(!state.is_set());
+        let waiter = {
+            let s = state.clone();
+            std::thread::spawn(move || s.wait())
+        };
+        state.request_exit(ExitRequest::DebugExit(7));
+        state.request_exit(ExitRequest::PowerOff);
+        state.set(VmOutcome::Crash("late".into()));
+        assert_eq!(waiter.join().unwrap(), VmOutcome::DebugExit(7));
+        assert!(state.is_set());
+        assert_eq!(state.wait(), VmOutcome::DebugExit(7));
+    }
+
+    #[test]
+    fn exit_requests_map_to_outcomes() {
+        for (req, out) in [
+            (ExitRequest::PowerOff, VmOutcome::PowerOff),
+            (ExitRequest::Reset, VmOutcome::Reset),
+            (ExitRequest::DebugExit(0), VmOutcome::DebugExit(0)),
+        ] {
+            let s = ExitState::default();
+            s.request_exit(req);
+            assert_eq!(s.wait(), out);
+        }
+    }
+}
