@@ -17,9 +17,16 @@ const DLL: u16 = 0; // divisor low (DLAB = 1)
 const DLM: u16 = 1; // divisor high (DLAB = 1)
 const FCR: u16 = 2; // FIFO control
 const LCR: u16 = 3; // line control
+const IIR: u16 = 2; // interrupt identification (read)
 const MCR: u16 = 4; // modem control
 const LSR: u16 = 5; // line status
 const LSR_THR_EMPTY: u8 = 1 << 5;
+/// IER bit 1: interrupt when the transmit holding register is empty.
+const IER_THR_EMPTY: u8 = 1 << 1;
+/// MCR bits 0 and 1: DTR and RTS.
+const MCR_DTR_RTS: u8 = 0x03;
+/// MCR bit 3: OUT2, which gates the UART's IRQ line on PCs.
+const MCR_OUT2: u8 = 1 << 3;
 
 /// Polls of LSR per byte before the UART is declared stuck and no longer waited for.
 const THR_POLL_LIMIT: u32 = 100_000;
@@ -38,7 +45,35 @@ pub fn init() {
         x86::outb(COM1 + LCR, 0x03);
         x86::outb(COM1 + FCR, 0xc7);
         // DTR | RTS; OUT2 stays clear so the UART cannot raise IRQ 4.
-        x86::outb(COM1 + MCR, 0x03);
+        x86::outb(COM1 + MCR, MCR_DTR_RTS);
+    }
+}
+
+/// Lets COM1 raise IRQ 4 when its transmitter is empty (OUT2 and IER.THRE set): a 16550
+/// raises that interrupt at once, since the transmitter is idle. Nothing may print until
+/// [`disable_interrupts`].
+pub fn enable_thr_empty_interrupt() {
+    // SAFETY: COM1 belongs to this module; the caller has a handler ready for IRQ 4.
+    unsafe {
+        x86::outb(COM1 + MCR, MCR_DTR_RTS | MCR_OUT2);
+        x86::outb(COM1 + IER, IER_THR_EMPTY);
+    }
+}
+
+/// Writes one byte to THR without waiting (with IER.THRE set, its completion interrupts).
+pub fn kick_transmitter(byte: u8) {
+    // SAFETY: writing THR only transmits the byte.
+    unsafe { x86::outb(COM1 + THR, byte) }
+}
+
+/// Stops COM1's interrupts again: IER = 0, the pending identification read (and so
+/// acknowledged), OUT2 cleared. Safe to call from an interrupt handler on any CPU.
+pub fn disable_interrupts() {
+    // SAFETY: COM1 belongs to this module; reading IIR only acknowledges a THRE interrupt.
+    unsafe {
+        x86::outb(COM1 + IER, 0);
+        let _ = x86::inb(COM1 + IIR);
+        x86::outb(COM1 + MCR, MCR_DTR_RTS);
     }
 }
 

@@ -4,13 +4,14 @@
 //! `key=value ...` details of the `PROBE PASS` line, or `Err` with the `PROBE FAIL` reason.
 //! It may print progress lines of its own before returning; only the BSP prints.
 //!
-//! Planned (not yet implemented): `smp` (AP bring-up via x2APIC INIT-SIPI-SIPI and a 16-bit
-//! trampoline below 1 MiB, APs reporting through memory), `ioapic` (pin interrupts to
-//! vCPUs with large APIC IDs), `msi` (device MSI/MSI-X delivery), `vtd` (interrupt
+//! Planned (not yet implemented): `msi` (device MSI/MSI-X delivery), `vtd` (interrupt
 //! remapping programming and faults). Each becomes one module and one row in [`ALL`].
 
 mod boot;
 mod fault;
+mod ioapic_extdest;
+mod ipi;
+mod smp;
 
 use crate::pvh::StartInfo;
 use crate::report::Outcome;
@@ -44,6 +45,21 @@ pub static ALL: &[Scenario] = &[
         name: "fault",
         summary: "raises #UD: must end in PROBE FAIL (checks the failure path)",
         run: fault::run,
+    },
+    Scenario {
+        name: "smp",
+        summary: "x2APIC INIT-SIPI-SIPI bring-up of every MADT processor; AP IDs match the MADT",
+        run: smp::run,
+    },
+    Scenario {
+        name: "ipi",
+        summary: "a fixed IPI to every CPU by its 32-bit x2APIC ID, each acknowledged once",
+        run: ipi::run,
+    },
+    Scenario {
+        name: "ioapic-extdest",
+        summary: "COM1's IOAPIC pin to the highest APIC ID (> 255) via the extended destination ID",
+        run: ioapic_extdest::run,
     },
 ];
 
