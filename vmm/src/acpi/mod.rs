@@ -12,9 +12,11 @@
 //! [`build`] and push it onto the list of XSDT-listed tables there.
 
 pub mod aml;
+pub mod dmar;
 pub mod dsdt;
 pub mod fadt;
 pub mod madt;
+pub mod mcfg;
 pub mod root;
 pub mod sdt;
 
@@ -105,6 +107,10 @@ pub struct AcpiConfig {
     /// with `_CRS` IO + IRQ, and flagged in IAPC_BOOT_ARCH as a legacy device. The IRQ must
     /// be 0-15.
     pub serial: Option<(u16, u8)>,
+    /// The PCIe ECAM window, listed in an MCFG when present.
+    pub pci_ecam: Option<mcfg::EcamConfig>,
+    /// The VT-d remapping unit, listed in a DMAR when present.
+    pub dmar: Option<dmar::DmarConfig>,
 }
 
 impl Default for AcpiConfig {
@@ -121,6 +127,8 @@ impl Default for AcpiConfig {
             reset_port: 0xcf9,
             reset_value: 0x06,
             serial: Some((0x3f8, 4)),
+            pci_ecam: None,
+            dmar: None,
         }
     }
 }
@@ -211,7 +219,13 @@ pub fn build(cfg: &AcpiConfig, base: u64, limit: u64) -> Result<AcpiTables, Acpi
     // Tables with address-independent contents.
     let dsdt = dsdt::build(cfg)?;
     // Tables listed in the XSDT after the FADT, as (signature, bytes). Add DMAR, MCFG here.
-    let listed: Vec<(&[u8], Vec<u8>)> = vec![(&madt::SIGNATURE, madt::build(cfg)?)];
+    let mut listed: Vec<(&[u8], Vec<u8>)> = vec![(&madt::SIGNATURE, madt::build(cfg)?)];
+    if let Some(ecam) = &cfg.pci_ecam {
+        listed.push((&mcfg::SIGNATURE, mcfg::build(ecam)?));
+    }
+    if let Some(dmar) = &cfg.dmar {
+        listed.push((&dmar::SIGNATURE, dmar::build(dmar)?));
+    }
 
     let mut placer = Placer { next: base, limit };
     let rsdp_addr = placer.place(b"RSD PTR ", root::RSDP_LEN)?;

@@ -72,7 +72,7 @@ fn check_consistent(t: &AcpiTables, base: u64, limit: u64) {
         assert_eq!(checksum(bytes), 0, "checksum at {addr:#x}");
     }
 
-    // XSDT -> FADT, MADT; FADT -> DSDT.
+    // XSDT -> FADT, MADT (then MCFG, DMAR when configured); FADT -> DSDT.
     let xsdt = blob_at(t, u64_at(rsdp, 24));
     assert_eq!(&xsdt[..4], b"XSDT");
     let sigs: Vec<[u8; 4]> = xsdt[36..]
@@ -83,7 +83,14 @@ fn check_consistent(t: &AcpiTables, base: u64, limit: u64) {
                 .unwrap()
         })
         .collect();
-    assert_eq!(sigs, [*b"FACP", *b"APIC"]);
+    let mut expected = vec![*b"FACP", *b"APIC"];
+    if t.blobs.iter().any(|(_, b)| b.starts_with(b"MCFG")) {
+        expected.push(*b"MCFG");
+    }
+    if t.blobs.iter().any(|(_, b)| b.starts_with(b"DMAR")) {
+        expected.push(*b"DMAR");
+    }
+    assert_eq!(sigs, expected);
     let fadt = table(t, b"FACP");
     let dsdt_addr = u64_at(fadt, 140);
     assert_eq!(&blob_at(t, dsdt_addr)[..4], b"DSDT");
@@ -337,4 +344,42 @@ fn squash(s: &str) -> String {
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[test]
+fn iasl_disassembles_dmar_and_mcfg() {
+    if !iasl_available() {
+        return;
+    }
+    let mut c = cfg(288);
+    c.pci_ecam = Some(super::mcfg::EcamConfig {
+        base: 0xb000_0000,
+        start_bus: 0,
+        end_bus: 0xff,
+    });
+    c.dmar = Some(super::dmar::DmarConfig {
+        register_base: 0xfed9_0000,
+        host_address_width: 38,
+        ioapic_id: 0,
+        ioapic_bdf: (0xff, 0, 0),
+    });
+    let t = build(&c, BASE, LIMIT).unwrap();
+    check_consistent(&t, BASE, LIMIT);
+    let dir = ScratchDir::new("dmar");
+    let xsdt = iasl_disassemble(&dir.0, "xsdt", table(&t, b"XSDT"));
+    assert_eq!(xsdt.matches("ACPI Table Address").count(), 4, "{xsdt}");
+    let dmar = squash(&iasl_disassemble(&dir.0, "dmar", table(&t, b"DMAR")));
+    for field in [
+        "Host Address Width : 26",
+        "Flags : 01",
+        "Register Base Address : 00000000FED90000",
+        "Device Scope Type : 03",
+        "Enumeration ID : 00",
+        "PCI Bus Number : FF",
+    ] {
+        assert!(dmar.contains(field), "{field:?} missing:\n{dmar}");
+    }
+    let mcfg = squash(&iasl_disassemble(&dir.0, "mcfg", table(&t, b"MCFG")));
+    assert!(mcfg.contains("Base Address : 00000000B0000000"), "{mcfg}");
+    assert!(mcfg.contains("End Bus Number : FF"), "{mcfg}");
 }
