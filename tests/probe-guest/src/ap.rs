@@ -36,6 +36,22 @@ const AP_STACK_SHIFT: u32 = 12;
 /// Size of the `.ap_stacks` section.
 const AP_STACKS_SIZE: usize = MAX_APS << AP_STACK_SHIFT;
 
+/// GDT selectors (the same in the trampoline's GDT and the main one, see entry.rs).
+const CODE64_SELECTOR: u16 = crate::entry::CODE64_SELECTOR;
+const DATA_SELECTOR: u16 = 0x10;
+const CODE32_SELECTOR: u16 = 0x18;
+/// CR0.PE: protected mode.
+const CR0_PE: u32 = 1 << 0;
+/// CR0 bits the APs clear for long mode: EM (2), TS (3), NW (29), CD (30).
+const CR0_CLEAR: u32 = (1 << 2) | (1 << 3) | (1 << 29) | (1 << 30);
+/// CR0 bits the APs set for long mode: PE (0), MP (1), NE (5), PG (31).
+const CR0_SET: u32 = (1 << 0) | (1 << 1) | (1 << 5) | (1 << 31);
+/// CR4 bits as on the BSP: PAE (5), OSFXSR (9), OSXMMEXCPT (10).
+const CR4_SET: u32 = (1 << 5) | (1 << 9) | (1 << 10);
+/// IA32_EFER and its long-mode-enable bit.
+const IA32_EFER: u32 = 0xc000_0080;
+const EFER_LME: u32 = 1 << 8;
+
 /// IA32_GS_BASE: each CPU keeps its slot + 1 there (0 on the BSP) for interrupt handlers.
 const IA32_GS_BASE: u32 = 0xc000_0101;
 
@@ -281,17 +297,17 @@ probe_ap_trampoline_start:
     mov %ax, %ds
     lgdtl probe_ap_gdtr - probe_ap_trampoline_start
     mov %cr0, %eax
-    or $1, %eax                      /* CR0.PE */
+    or ${cr0_pe}, %eax
     mov %eax, %cr0
-    ljmpl $0x18, $probe_ap_protected /* 32-bit flat code */
+    ljmpl ${code32}, $probe_ap_protected
     .code64
 
     .p2align 3
 probe_ap_gdt:
     .quad 0
-    .quad 0x00af9b000000ffff         /* 0x08: 64-bit code */
-    .quad 0x00cf93000000ffff         /* 0x10: flat data */
-    .quad 0x00cf9b000000ffff         /* 0x18: 32-bit flat code */
+    .quad 0x00af9b000000ffff         /* {code64}: 64-bit code */
+    .quad 0x00cf93000000ffff         /* {data}: flat data */
+    .quad 0x00cf9b000000ffff         /* {code32}: 32-bit flat code */
 probe_ap_gdt_end:
 probe_ap_gdtr:
     .word probe_ap_gdt_end - probe_ap_gdt - 1
@@ -303,32 +319,29 @@ probe_ap_trampoline_end:
     .pushsection .text.ap_boot, "ax"
     .code32
 probe_ap_protected:
-    mov $0x10, %eax
+    mov ${data}, %eax
     mov %eax, %ds
     mov %eax, %es
     mov %eax, %ss
-    /* CR4: PAE | OSFXSR | OSXMMEXCPT, as on the BSP. */
     mov %cr4, %eax
-    or $0x620, %eax
+    or ${cr4_set}, %eax
     mov %eax, %cr4
     mov $probe_pml4, %eax
     mov %eax, %cr3
-    /* EFER.LME */
-    mov $0xc0000080, %ecx
+    mov ${efer}, %ecx
     rdmsr
-    or $0x100, %eax
+    or ${efer_lme}, %eax
     wrmsr
-    /* CR0: clear EM, TS, NW, CD; set PE, MP, NE, PG. */
     mov %cr0, %eax
-    and $0x9ffffff3, %eax
-    or $0x80000023, %eax
+    and ${cr0_keep}, %eax
+    or ${cr0_set}, %eax
     mov %eax, %cr0
-    ljmp $0x08, $probe_ap_long_mode
+    ljmp ${code64}, $probe_ap_long_mode
 
     .code64
 probe_ap_long_mode:
     lgdt probe_gdt_ptr(%rip)
-    mov $0x10, %eax
+    mov ${data}, %eax
     mov %eax, %ds
     mov %eax, %es
     mov %eax, %ss
@@ -361,6 +374,15 @@ probe_ap_stacks:
     .popsection
 "#,
     base = const TRAMPOLINE_BASE,
+    code64 = const CODE64_SELECTOR,
+    data = const DATA_SELECTOR,
+    code32 = const CODE32_SELECTOR,
+    cr0_pe = const CR0_PE,
+    cr0_keep = const !CR0_CLEAR,
+    cr0_set = const CR0_SET,
+    cr4_set = const CR4_SET,
+    efer = const IA32_EFER,
+    efer_lme = const EFER_LME,
     next_slot = sym NEXT_SLOT,
     max_aps = const MAX_APS,
     stack_shift = const AP_STACK_SHIFT,

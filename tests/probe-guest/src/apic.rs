@@ -7,8 +7,6 @@ use crate::x86;
 
 /// IA32_APIC_BASE.
 pub const IA32_APIC_BASE: u32 = 0x1b;
-/// IA32_APIC_BASE bit 8: this is the bootstrap processor.
-pub const APIC_BASE_BSP: u64 = 1 << 8;
 /// IA32_APIC_BASE bit 10: x2APIC mode (EXTD).
 pub const APIC_BASE_EXTD: u64 = 1 << 10;
 /// IA32_APIC_BASE bit 11: APIC globally enabled (EN).

@@ -29,6 +29,8 @@ pub const RTE_ACTIVE_LOW: u64 = 1 << 13;
 pub const RTE_LEVEL: u64 = 1 << 15;
 /// RTE bit 16: masked.
 pub const RTE_MASKED: u64 = 1 << 16;
+/// Read-only RTE bits: delivery status (12) and remote IRR (14).
+pub const RTE_READ_ONLY: u64 = (1 << 12) | (1 << 14);
 /// Destination APIC ID bits 7:0 go to RTE bits 63:56.
 const RTE_DEST_SHIFT: u32 = 56;
 /// Destination APIC ID bits 14:8 (the extended destination ID) go to RTE bits 55:49.
@@ -49,8 +51,6 @@ const INTI_TRIGGER_LEVEL: u16 = 0b11 << 2;
 pub struct IoApic {
     /// MMIO base.
     pub base: u64,
-    /// GSI of pin 0.
-    pub gsi_base: u32,
     /// Number of pins.
     pub pins: u32,
 }
@@ -96,11 +96,7 @@ impl IoApic {
                 if !phys::is_mapped(base, MMIO_SIZE) {
                     return Err(text!("IOAPIC at 0x{:x} is not mapped", base));
                 }
-                let mut io = IoApic {
-                    base,
-                    gsi_base,
-                    pins: 0,
-                };
+                let mut io = IoApic { base, pins: 0 };
                 io.pins = ((io.read(REG_VERSION) >> VERSION_MAX_REDIR_SHIFT) & 0xff) + 1;
                 if let Some(pin) = gsi.checked_sub(gsi_base).filter(|&p| p < io.pins) {
                     return Ok((io, pin));

@@ -16,14 +16,12 @@
 #[allow(dead_code)]
 mod acpi;
 mod ap;
-#[allow(dead_code)]
 mod apic;
 mod clock;
 mod cpus;
 #[allow(dead_code)]
 mod entry;
 mod idt;
-#[allow(dead_code)]
 mod ioapic;
 mod irq;
 mod kvm;

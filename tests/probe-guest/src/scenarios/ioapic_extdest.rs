@@ -103,6 +103,16 @@ pub fn run(ctx: &Context) -> Outcome {
         target
     );
 
+    io.set_rte(pin, ioapic::RTE_MASKED | rte);
+    let back = io.rte(pin) & !ioapic::RTE_READ_ONLY;
+    if back != ioapic::RTE_MASKED | rte {
+        return Err(text!(
+            "IOAPIC RTE {} reads back 0x{:016x} after writing 0x{:016x}",
+            pin,
+            back,
+            ioapic::RTE_MASKED | rte
+        ));
+    }
     // No printing from here until the UART is quiet again.
     io.set_rte(pin, rte);
     serial::enable_thr_empty_interrupt();
