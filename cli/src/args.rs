@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use vmm::{SerialMode, Topology};
+use vmm::{ApicMode, SerialMode, Topology};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -57,6 +57,10 @@ pub struct Args {
     /// bits 14:8), the IOMMU-less way to reach APIC IDs above 255.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
     pub ext_dest_id: bool,
+
+    /// Local APIC mode the vCPUs start in: auto picks x2apic when an APIC ID is 255 or more.
+    #[arg(long, value_name = "auto|xapic|x2apic", default_value = "auto", value_parser = parse_apic_mode)]
+    pub apic_mode: ApicMode,
 
     /// KVM device node.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
@@ -124,6 +128,16 @@ pub fn parse_serial(s: &str) -> Result<SerialMode, String> {
             Some(p) if !p.is_empty() => Ok(SerialMode::File(PathBuf::from(p))),
             _ => Err(format!("'{s}' is not stdio, off or file:PATH")),
         },
+    }
+}
+
+/// Parses `auto`, `xapic` or `x2apic`.
+pub fn parse_apic_mode(s: &str) -> Result<ApicMode, String> {
+    match s {
+        "auto" => Ok(ApicMode::Auto),
+        "xapic" => Ok(ApicMode::XApic),
+        "x2apic" => Ok(ApicMode::X2Apic),
+        _ => Err(format!("'{s}' is not auto, xapic or x2apic")),
     }
 }
 

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         cpu_features,
         ext_dest_id: args.ext_dest_id,
         kvm_device: args.kvm_device,
+        apic_mode: args.apic_mode,
     };
     match vmm::run(&config) {
         Ok(VmOutcome::DebugExit(v)) => ExitCode::from(v),

@@ -59,9 +59,22 @@ fn linux_pvh_vmlinux_prints_banner_and_acpi() {
     banner_and_acpi("linux_pvh_vmlinux_prints_banner_and_acpi", "vmlinux");
 }
 
+/// Debian's bzImage decompresses itself (xz, 65 MB) before printing anything; on an
+/// emulating KVM that takes longer than a CI run can afford (measured: no output after six
+/// minutes), so it runs where the host has hardware virtualization. The bzImage entry path
+/// itself is covered on every host by the probe guest's bzImage flavour.
 #[test]
 fn linux_bzimage_prints_banner_and_acpi() {
-    banner_and_acpi("linux_bzimage_prints_banner_and_acpi", "bzImage");
+    let test = "linux_bzimage_prints_banner_and_acpi";
+    if let Err(why) = hardware_virtualization() {
+        return skip(
+            test,
+            &format!(
+                "{why}; self-decompression of Debian's bzImage would take tens of minutes here"
+            ),
+        );
+    }
+    banner_and_acpi(test, "bzImage");
 }
 
 #[test]

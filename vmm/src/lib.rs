@@ -18,4 +18,4 @@ pub mod vm;
 
 pub use topology::{Topology, TopologyError};
 pub use vcpu::VmOutcome;
-pub use vm::{run, Error, SerialMode, VmConfig};
+pub use vm::{run, ApicMode, Error, SerialMode, VmConfig};

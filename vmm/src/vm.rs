@@ -42,6 +42,18 @@ pub enum SerialMode {
     Off,
 }
 
+/// The local APIC mode vCPUs start in, as firmware would leave them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApicMode {
+    /// x2APIC when any APIC ID is 255 or above (a guest parsing the MADT in xAPIC mode
+    /// ignores such CPUs), xAPIC otherwise.
+    Auto,
+    /// xAPIC (only APIC IDs below 255 are usable).
+    XApic,
+    /// x2APIC ("enabled by BIOS").
+    X2Apic,
+}
+
 /// Everything needed to start a VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -63,6 +75,58 @@ pub struct VmConfig {
     pub ext_dest_id: bool,
     /// The KVM device node (normally `/dev/kvm`).
     pub kvm_device: PathBuf,
+    /// Local APIC mode at start-up.
+    pub apic_mode: ApicMode,
+}
+
+/// Whether the vCPUs start in x2APIC mode.
+fn x2apic_at_boot(config: &VmConfig, max_apic_id: u32) -> Result<bool, Error> {
+    let x2apic_hidden = config
+        .cpu_features
+        .iter()
+        .any(|o| !o.enable && o.feature.name == "x2apic");
+    let needed = max_apic_id >= XAPIC_MAX_ID;
+    let on = match config.apic_mode {
+        ApicMode::Auto => needed,
+        ApicMode::X2Apic => true,
+        ApicMode::XApic if needed => {
+            return Err(Error::usage(
+                "--apic-mode",
+                format!("xapic cannot address APIC ID {max_apic_id} (xAPIC IDs stop at 254); use x2apic or auto"),
+            ))
+        }
+        ApicMode::XApic => false,
+    };
+    if on && x2apic_hidden {
+        return Err(Error::usage(
+            "--cpu-features",
+            "-x2apic conflicts with starting in x2APIC mode (APIC IDs above 254 or --apic-mode x2apic)",
+        ));
+    }
+    Ok(on)
+}
+
+/// Highest APIC ID an xAPIC can address (0xff is broadcast).
+const XAPIC_MAX_ID: u32 = 0xff;
+/// IA32_APIC_BASE.
+const MSR_IA32_APICBASE: u32 = 0x1b;
+/// IA32_APIC_BASE: this is the bootstrap processor.
+const APICBASE_BSP: u64 = 1 << 8;
+/// IA32_APIC_BASE: x2APIC mode.
+const APICBASE_EXTD: u64 = 1 << 10;
+/// IA32_APIC_BASE: APIC globally enabled.
+const APICBASE_EN: u64 = 1 << 11;
+
+/// The IA32_APIC_BASE value for a vCPU.
+fn apic_base(bsp: bool, x2apic: bool) -> u64 {
+    let mut v = LAPIC_ADDR | APICBASE_EN;
+    if bsp {
+        v |= APICBASE_BSP;
+    }
+    if x2apic {
+        v |= APICBASE_EXTD;
+    }
+    v
 }
 
 /// VM errors. [`Error::Usage`] means the user's input was refused before anything started.
@@ -195,6 +259,7 @@ fn preflight(config: &VmConfig, kvm: &Kvm) -> Result<(), Error> {
         ));
     }
     let max_id = config.topology.apic_ids().into_iter().max().unwrap_or(0);
+    x2apic_at_boot(config, max_id)?;
     let id_limit = kvm.check_extension_int(Cap::MaxVcpuId).max(max as i32) as u64;
     if u64::from(max_id) >= id_limit {
         return Err(Error::usage(
@@ -447,6 +512,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     )
     .map_err(|e| boot_usage(e, config))?;
     let msrs = boot_msrs(&kvm)?;
+    let x2apic = x2apic_at_boot(config, apic_ids.iter().copied().max().unwrap_or(0))?;
     let output = serial_output(&config.serial)?;
 
     // The KVM VM.
@@ -539,9 +605,23 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
                 asked: msrs.as_slice().len(),
             });
         }
+        let base = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_IA32_APICBASE,
+            data: apic_base(index == 0, x2apic),
+            ..Default::default()
+        }])
+        .map_err(|_| Error::Msrs { set: 0, asked: 1 })?;
+        if fd
+            .set_msrs(&base)
+            .map_err(Error::kvm("KVM_SET_MSRS (IA32_APIC_BASE)"))?
+            != 1
+        {
+            return Err(Error::Msrs { set: 0, asked: 1 });
+        }
         if index == 0 {
             let sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
-            let r = boot::regs::setup(&mem, entry, sregs).map_err(Error::Boot)?;
+            let mut r = boot::regs::setup(&mem, entry, sregs).map_err(Error::Boot)?;
+            r.sregs.apic_base = apic_base(true, x2apic);
             fd.set_sregs(&r.sregs)
                 .map_err(Error::kvm("KVM_SET_SREGS"))?;
             fd.set_regs(&r.regs).map_err(Error::kvm("KVM_SET_REGS"))?;
