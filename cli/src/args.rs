@@ -55,7 +55,7 @@ pub struct Args {
 
     /// Offer the paravirtual extended destination ID (MSI address bits 11:5 carry APIC ID
     /// bits 14:8), the IOMMU-less way to reach APIC IDs above 255.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub ext_dest_id: bool,
 
     /// Local APIC mode the vCPUs start in: auto picks x2apic when an APIC ID is 255 or more.
@@ -174,6 +174,22 @@ mod tests {
         assert!(parse_cpus("10,sockets=3").is_err());
         assert!(parse_cpus("4,dies=2").is_err());
         assert!(parse_cpus("x").is_err());
+    }
+
+    #[test]
+    fn ext_dest_id_takes_on_or_off() {
+        let parse = |v: &str| {
+            Args::try_parse_from(["irvmm", "--kernel", "k", "--ext-dest-id", v])
+                .map(|a| a.ext_dest_id)
+        };
+        assert!(parse("on").unwrap());
+        assert!(!parse("off").unwrap());
+        assert!(parse("maybe").is_err());
+        assert!(
+            Args::try_parse_from(["irvmm", "--kernel", "k"])
+                .unwrap()
+                .ext_dest_id
+        );
     }
 
     #[test]

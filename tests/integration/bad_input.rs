@@ -203,3 +203,41 @@ fn cmdline_too_long_for_pvh() {
     let long = "x".repeat(5000);
     refused(&["--kernel", s(&k), "--cmdline", &long], "--cmdline");
 }
+
+#[test]
+fn xapic_mode_cannot_reach_high_apic_ids() {
+    if let Err(why) = kvm_available() {
+        return skip("xapic_mode_cannot_reach_high_apic_ids", &why);
+    }
+    let k = some_kernel();
+    let l = refused(
+        &["--kernel", s(&k), "--cpus", "300", "--apic-mode", "xapic"],
+        "--apic-mode",
+    );
+    assert!(l.contains("299"), "{l}");
+}
+
+#[test]
+fn hidden_x2apic_conflicts_with_high_apic_ids() {
+    if let Err(why) = kvm_available() {
+        return skip("hidden_x2apic_conflicts_with_high_apic_ids", &why);
+    }
+    let k = some_kernel();
+    refused(
+        &[
+            "--kernel",
+            s(&k),
+            "--cpus",
+            "300",
+            "--cpu-features",
+            "-x2apic",
+        ],
+        "--cpu-features",
+    );
+}
+
+#[test]
+fn bad_apic_mode() {
+    let k = some_kernel();
+    refused(&["--kernel", s(&k), "--apic-mode", "x3apic"], "--apic-mode");
+}

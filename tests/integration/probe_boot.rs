@@ -2,44 +2,15 @@
 
 mod common;
 
-use std::time::Duration;
+use common::{assert_probe_pass, run_probe, skip};
 
-use common::{asset, kvm_available, run_guest, skip};
-
-fn boot_probe(test: &str, cpus: u32) {
-    if let Err(why) = kvm_available() {
-        return skip(test, &why);
-    }
-    let probe = match asset("probe.elf") {
-        Ok(p) => p,
+fn boot_probe(test: &str, cpus: &str) {
+    let run = match run_probe("boot", &["--cpus", cpus, "--memory", "64M"]) {
+        Ok(r) => r,
         Err(why) => return skip(test, &why),
     };
-    let cpus_arg = cpus.to_string();
-    let run = run_guest(
-        &[
-            "--kernel",
-            probe.to_str().expect("utf-8 path"),
-            "--cmdline",
-            "probe=boot",
-            "--cpus",
-            &cpus_arg,
-            "--memory",
-            "64M",
-        ],
-        Duration::from_secs(120),
-        None,
-    );
+    assert_probe_pass(&run, "boot", &[&format!("cpus={cpus}")]);
     let last = run.lines.last().cloned().unwrap_or_default();
-    assert!(
-        last.starts_with("PROBE PASS boot"),
-        "last line must be PROBE PASS boot\n{}",
-        run.dump()
-    );
-    assert!(
-        last.contains(&format!("cpus={cpus}")),
-        "MADT CPU count\n{}",
-        run.dump()
-    );
     for sig in ["FACP", "APIC", "DSDT"] {
         assert!(
             last.contains(sig),
@@ -47,39 +18,24 @@ fn boot_probe(test: &str, cpus: u32) {
             run.dump()
         );
     }
-    assert_eq!(run.code(), Some(0), "exit status\n{}", run.dump());
 }
 
 #[test]
 fn probe_boot_one_vcpu() {
-    boot_probe("probe_boot_one_vcpu", 1);
+    boot_probe("probe_boot_one_vcpu", "1");
 }
 
 #[test]
 fn probe_boot_four_vcpus() {
-    boot_probe("probe_boot_four_vcpus", 4);
+    boot_probe("probe_boot_four_vcpus", "4");
 }
 
 #[test]
 fn probe_unknown_scenario_fails_with_status_one() {
-    let test = "probe_unknown_scenario_fails_with_status_one";
-    if let Err(why) = kvm_available() {
-        return skip(test, &why);
-    }
-    let probe = match asset("probe.elf") {
-        Ok(p) => p,
-        Err(why) => return skip(test, &why),
+    let run = match run_probe("no-such-scenario", &[]) {
+        Ok(r) => r,
+        Err(why) => return skip("probe_unknown_scenario_fails_with_status_one", &why),
     };
-    let run = run_guest(
-        &[
-            "--kernel",
-            probe.to_str().expect("utf-8 path"),
-            "--cmdline",
-            "probe=no-such-scenario",
-        ],
-        Duration::from_secs(120),
-        None,
-    );
     assert!(run.saw("PROBE FAIL no-such-scenario"), "{}", run.dump());
     assert_eq!(run.code(), Some(1), "{}", run.dump());
 }

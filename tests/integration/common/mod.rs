@@ -192,3 +192,39 @@ pub fn run_guest(args: &[&str], deadline: Duration, stop_when: Option<StopWhen>)
         elapsed: start.elapsed(),
     }
 }
+
+/// Boots the probe guest with `probe=<scenario>` and `extra` irvmm arguments, or returns
+/// why it cannot run here (no /dev/kvm, no probe.elf).
+pub fn run_probe(scenario: &str, extra: &[&str]) -> Result<GuestRun, String> {
+    kvm_available()?;
+    let probe = asset("probe.elf")?;
+    let cmdline = format!("probe={scenario}");
+    let mut args = vec![
+        "--kernel",
+        probe.to_str().expect("utf-8 path"),
+        "--cmdline",
+        &cmdline,
+    ];
+    args.extend_from_slice(extra);
+    Ok(run_guest(&args, Duration::from_secs(300), None))
+}
+
+/// Asserts that the probe's last console line is `PROBE PASS <scenario>` followed by the
+/// expected `key=value` fields, and that irvmm exited with status 0.
+pub fn assert_probe_pass(run: &GuestRun, scenario: &str, fields: &[&str]) {
+    let last = run.lines.last().cloned().unwrap_or_default();
+    let head = format!("PROBE PASS {scenario}");
+    assert!(
+        last == head || last.starts_with(&format!("{head} ")),
+        "last line must be {head}\n{}",
+        run.dump()
+    );
+    for f in fields {
+        assert!(
+            last.split_whitespace().any(|w| w == *f),
+            "{f} missing from '{last}'\n{}",
+            run.dump()
+        );
+    }
+    assert_eq!(run.code(), Some(0), "exit status\n{}", run.dump());
+}
