@@ -7,6 +7,7 @@
 
 pub mod ioapic;
 pub mod legacy;
+pub mod pci;
 pub mod serial;
 #[cfg(test)]
 mod test_utils;
