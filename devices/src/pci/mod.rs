@@ -254,3 +254,72 @@ pub enum PciError {
         space: BarSpace,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that only implements the required methods, to exercise the default batch.
+    #[derive(Default)]
+    struct SingleRouteSink(Mutex<Vec<(u16, Option<MsiMessage>)>>);
+
+    impl MsiSink for SingleRouteSink {
+        fn set_vector_route(&self, index: u16, msg: Option<MsiMessage>) {
+            self.0.lock().unwrap().push((index, msg));
+        }
+
+        fn trigger_vector(&self, _index: u16) {}
+    }
+
+    fn msg(data: u32) -> MsiMessage {
+        MsiMessage {
+            address_lo: 0xfee0_0000,
+            address_hi: 0,
+            data,
+        }
+    }
+
+    #[test]
+    fn default_batch_sets_each_route_in_order() {
+        let sink = SingleRouteSink::default();
+        let routes = [(3, Some(msg(1))), (0, None), (7, Some(msg(2)))];
+        emit_routes(&sink, &routes);
+        assert_eq!(*sink.0.lock().unwrap(), routes.to_vec());
+        emit_routes(&sink, &[]);
+        assert_eq!(sink.0.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn only_interrupt_window_messages_are_routable() {
+        assert_eq!(routable(msg(5)), Some(msg(5)));
+        let remappable = MsiMessage {
+            address_lo: 0xfee0_0010,
+            ..msg(0)
+        };
+        assert_eq!(routable(remappable), Some(remappable));
+        assert_eq!(routable(MsiMessage::default()), None);
+        let memory = MsiMessage {
+            address_lo: 0x1000,
+            ..msg(5)
+        };
+        assert_eq!(routable(memory), None);
+    }
+
+    #[test]
+    fn addresses_format_and_map_to_source_ids() {
+        let a = PciAddress::new(0, 0x1f, 7).unwrap();
+        assert_eq!(format!("{a}"), "00:1f.7");
+        assert_eq!(format!("{a:?}"), "00:1f.7");
+        assert_eq!(a.source_id(), SourceId(0x00ff));
+        assert_eq!((a.bus(), a.device(), a.function()), (0, 0x1f, 7));
+        assert_eq!(
+            PciAddress::new(2, 32, 0),
+            Err(PciError::InvalidAddress {
+                bus: 2,
+                device: 32,
+                function: 0
+            })
+        );
+        assert!(PciAddress::default() < a);
+    }
+}
