@@ -2,12 +2,17 @@
 //!
 //! This crate answers two questions for the rest of the VMM: "what does this interrupt
 //! message become" and "which remapping entries changed". It makes no KVM calls and reads
-//! guest memory only through narrow traits, so every model here is unit-testable without
-//! `/dev/kvm`.
+//! guest memory only through the narrow [`GuestMemoryReader`] trait, so every model here is
+//! unit-testable without `/dev/kvm`.
 //!
-//! Today it holds the message types every interrupt source speaks; the VT-d model builds
-//! on them.
+//! * [`msi`]: the message types every interrupt source speaks.
+//! * [`vtd`]: an Intel VT-d remapping unit with interrupt remapping and queued
+//!   invalidation ([`vtd::VtdUnit`]).
 
+pub mod memory;
 pub mod msi;
+pub mod vtd;
 
+pub use memory::{GuestMemoryReader, MemError};
 pub use msi::{MsiMessage, SourceId};
+pub use vtd::{Effects, IecInvalidation, Translation, VtdConfig, VtdUnit};

@@ -1,0 +1,601 @@
+//! A guest-visible Intel VT-d remapping unit that does interrupt remapping.
+//!
+//! [`VtdUnit`] is the register file of one DRHD (4 KiB at [`regs::VTD_MMIO_BASE`]) plus the
+//! interrupt-remapping engine behind it. It is pure: it makes no KVM calls and reads guest
+//! memory only through [`GuestMemoryReader`]. The VMM wires it like this:
+//!
+//! * **MMIO**: forward guest accesses to [`VtdUnit::mmio_read`] and
+//!   [`VtdUnit::mmio_write`]. Accesses of 4 bytes at 4-aligned offsets and of 8 bytes at
+//!   8-aligned offsets are served (an 8-byte access behaves as the two dword accesses,
+//!   low first); any other size or alignment reads as all-ones and is ignored on write.
+//! * **Effects**: every write returns [`Effects`]. The VMM must, before it resumes the
+//!   vCPU that wrote:
+//!   1. if `ir_state_changed`, re-translate *every* interrupt route (remapping was enabled
+//!      or disabled, the table pointer or x2APIC mode changed, or CFI changed);
+//!   2. otherwise re-translate the routes whose IRTE index any entry of `iec` covers
+//!      ([`IecInvalidation::covers`]); routes are the interrupt entry cache, so they
+//!      change only here, as on hardware;
+//!   3. commit the route table once;
+//!   4. then deliver `interrupts` (fault events, invalidation completion events) with
+//!      `KVM_SIGNAL_MSI`; they are already in KVM's x2APIC API layout and are not subject
+//!      to remapping.
+//!
+//!   Status writes of wait descriptors are done by the model during the MMIO write; a
+//!   guest polling them sees completion only once the vCPU resumes, i.e. after step 3.
+//! * **Translation**: [`VtdUnit::translate`] turns a device's message into the message to
+//!   route, reading the IRTE from guest memory at call time. It is pure; faults come back
+//!   in the [`Translation`]. Record them with [`VtdUnit::record_fault`] (or use
+//!   [`VtdUnit::translate_and_record`]) when an interrupt is actually blocked; delivering
+//!   the returned [`Effects`] as above. Key each route by [`Translation::irte_index`] so
+//!   IEC invalidations find it, including routes that failed (a not-present entry the
+//!   guest fills in later is announced by an IEC invalidation of its index).
+//!
+//! # GCMD
+//!
+//! Software writes GCMD with the whole desired state (Linux writes `gcmd | bit`). The
+//! unit acts on the enable bits (TE, QIE, IRE, CFI) that differ from GSTS, and on the
+//! one-shot bits (SRTP, SIRTP) whenever they are written as 1, in this order: TE, SRTP,
+//! QIE, SIRTP, IRE, CFI. Specifically:
+//!
+//! * TE is ignored and TES stays clear: the unit reports no DMA translation (CAP.SAGAW =
+//!   0), and claiming translation while passing DMA through untranslated would silently
+//!   corrupt a guest that relied on it. Linux never sets TE on such a unit.
+//! * SRTP latches RTADDR and sets RTPS (the pointer is kept for a later DMA model).
+//! * QIE enables or disables the invalidation queue (QIES); disabling resets IQH.
+//! * SIRTP latches IRTA (base, size, EIME) as the active table and sets IRTPS.
+//! * IRE sets or clears IRES; CFI sets or clears CFIS.
+//!
+//! # Interrupt remapping disabled
+//!
+//! With IRES = 0 nothing is remapped: every message, whatever its format, passes through
+//! unchanged (as QEMU does; a remappable-format message then reaches the LAPIC as
+//! whatever its bits mean in compatibility format). The VMM may still apply the extended
+//! destination ID convention to compatibility-format messages in that state.
+
+pub mod event;
+pub mod fault;
+pub mod irte;
+pub mod qi;
+pub mod regs;
+pub mod remap;
+
+use crate::memory::GuestMemoryReader;
+use crate::msi::{MsiMessage, SourceId};
+
+pub use fault::{Fault, FaultReason};
+pub use qi::IecInvalidation;
+pub use remap::IrTable;
+
+use event::EventInterrupt;
+use fault::FaultLog;
+use qi::InvalidationQueue;
+use regs::*;
+
+/// Configuration of a [`VtdUnit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VtdConfig {
+    /// Report ECAP.EIM: interrupt remapping in x2APIC mode with 32-bit destinations.
+    /// Linux needs it to use x2APIC with interrupt remapping (and so for APIC IDs above
+    /// 255). Default: true.
+    pub extended_interrupt_mode: bool,
+    /// Number of fault-recording registers, clamped to 1..=[`MAX_FAULT_RECORDS`].
+    /// Default: 8.
+    pub fault_records: usize,
+}
+
+impl Default for VtdConfig {
+    fn default() -> Self {
+        VtdConfig {
+            extended_interrupt_mode: true,
+            fault_records: 8,
+        }
+    }
+}
+
+/// What the VMM must do after an MMIO write (or a recorded fault); see the module
+/// documentation for the order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Interrupts the unit sends (fault events, invalidation completion events), in KVM's
+    /// x2APIC API layout, in the order they occurred.
+    pub interrupts: Vec<MsiMessage>,
+    /// Interrupt entry cache invalidations, in queue order.
+    pub iec: Vec<IecInvalidation>,
+    /// Remapping was enabled or disabled, or the table pointer, x2APIC mode or CFI
+    /// changed: every route must be re-translated.
+    pub ir_state_changed: bool,
+}
+
+impl Effects {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.interrupts.is_empty() && self.iec.is_empty() && !self.ir_state_changed
+    }
+
+    /// True when a route that used IRTE `index` must be re-translated.
+    pub fn invalidates(&self, index: u32) -> bool {
+        self.ir_state_changed || self.iec.iter().any(|inv| inv.covers(index))
+    }
+
+    /// True when every route must be re-translated (state change or global invalidation).
+    pub fn invalidates_all(&self) -> bool {
+        self.ir_state_changed || self.iec.contains(&IecInvalidation::Global)
+    }
+
+    /// Appends `other`'s effects to these.
+    pub fn merge(&mut self, other: Effects) {
+        self.interrupts.extend(other.interrupts);
+        self.iec.extend(other.iec);
+        self.ir_state_changed |= other.ir_state_changed;
+    }
+}
+
+/// What the unit does with one interrupt message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Translation {
+    /// Not remapped: remapping is disabled, or the message is in compatibility format and
+    /// compatibility format passes through. The message is unchanged.
+    Passthrough(MsiMessage),
+    /// Remapped through IRTE `index`.
+    Remapped {
+        /// The IRTE index used.
+        index: u32,
+        /// The interrupt to deliver, in KVM's x2APIC API layout.
+        message: MsiMessage,
+    },
+    /// Blocked: no interrupt. The fault is not yet recorded; see
+    /// [`VtdUnit::record_fault`].
+    Blocked(Fault),
+}
+
+impl Translation {
+    /// The message to route, if any.
+    pub fn message(&self) -> Option<MsiMessage> {
+        match *self {
+            Translation::Passthrough(m) | Translation::Remapped { message: m, .. } => Some(m),
+            Translation::Blocked(_) => None,
+        }
+    }
+
+    /// The IRTE index the message named (remapped, or blocked after decoding the index):
+    /// the key under which an IEC invalidation reaches this route.
+    pub fn irte_index(&self) -> Option<u32> {
+        match *self {
+            Translation::Passthrough(_) => None,
+            Translation::Remapped { index, .. } => Some(index),
+            Translation::Blocked(f) => f.index,
+        }
+    }
+
+    /// The fault, when blocked.
+    pub fn fault(&self) -> Option<Fault> {
+        match *self {
+            Translation::Blocked(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// Which access an MMIO request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Dword,
+    Qword,
+}
+
+fn classify(offset: u64, len: usize) -> Option<Access> {
+    let access = match len {
+        DWORD => Access::Dword,
+        QWORD => Access::Qword,
+        _ => return None,
+    };
+    let size = u64::try_from(len).ok()?;
+    // Sizes are powers of two: aligned means no low bits set.
+    if offset & (size - 1) != 0 || offset.checked_add(size)? > VTD_MMIO_SIZE {
+        return None;
+    }
+    Some(access)
+}
+
+/// One VT-d remapping unit (DRHD) with interrupt remapping and queued invalidation.
+#[derive(Clone, Debug)]
+pub struct VtdUnit {
+    config: VtdConfig,
+    cap: u64,
+    ecap: u64,
+    gsts: u32,
+    rtaddr: u64,
+    rtaddr_latched: Option<u64>,
+    ccmd: u64,
+    iva: u64,
+    iotlb: u64,
+    irta: u64,
+    ir_table: Option<IrTable>,
+    faults: FaultLog,
+    queue: InvalidationQueue,
+    ics: u32,
+    completion_event: EventInterrupt,
+}
+
+impl VtdUnit {
+    /// A unit in its reset state.
+    pub fn new(config: VtdConfig) -> Self {
+        let fault_records = config.fault_records.clamp(1, MAX_FAULT_RECORDS);
+        let config = VtdConfig {
+            fault_records,
+            ..config
+        };
+        let eim = config.extended_interrupt_mode;
+        VtdUnit {
+            config,
+            cap: capability(fault_records),
+            ecap: extended_capability(eim),
+            gsts: 0,
+            rtaddr: 0,
+            rtaddr_latched: None,
+            ccmd: 0,
+            iva: 0,
+            iotlb: 0,
+            irta: 0,
+            ir_table: None,
+            faults: FaultLog::new(fault_records, eim),
+            queue: InvalidationQueue::new(),
+            ics: 0,
+            completion_event: EventInterrupt::new(eim),
+        }
+    }
+
+    /// Returns the unit to its reset state (platform reset).
+    pub fn reset(&mut self) {
+        *self = VtdUnit::new(self.config);
+    }
+
+    /// The configuration in effect (after clamping).
+    pub fn config(&self) -> VtdConfig {
+        self.config
+    }
+
+    /// The CAP register.
+    pub fn capability(&self) -> u64 {
+        self.cap
+    }
+
+    /// The ECAP register.
+    pub fn extended_capability(&self) -> u64 {
+        self.ecap
+    }
+
+    /// The GSTS register.
+    pub fn global_status(&self) -> u32 {
+        self.gsts
+    }
+
+    /// The FSTS register.
+    pub fn fault_status(&self) -> u32 {
+        self.faults.status()
+    }
+
+    /// True while interrupt remapping is enabled (GSTS.IRES).
+    pub fn remapping_enabled(&self) -> bool {
+        self.gsts & GSTS_IRES != 0
+    }
+
+    /// The active interrupt remapping table (latched by SIRTP).
+    pub fn ir_table(&self) -> Option<IrTable> {
+        self.ir_table
+    }
+
+    /// The root table pointer latched by SRTP (unused until DMA remapping exists).
+    pub fn root_table(&self) -> Option<u64> {
+        self.rtaddr_latched
+    }
+
+    fn remap_settings(&self) -> remap::RemapSettings {
+        remap::RemapSettings {
+            table: self.ir_table,
+            compatibility_allowed: self.gsts & GSTS_CFIS != 0,
+        }
+    }
+
+    /// What `msg` from `source` becomes, reading the IRTE from `mem` now. Pure: a fault
+    /// is returned, not recorded.
+    pub fn translate(
+        &self,
+        mem: &dyn GuestMemoryReader,
+        source: SourceId,
+        msg: MsiMessage,
+    ) -> Translation {
+        if !self.remapping_enabled() {
+            return Translation::Passthrough(msg);
+        }
+        match remap::remap(&self.remap_settings(), mem, source, &msg) {
+            Ok(remap::RemapOutcome::Passthrough(m)) => Translation::Passthrough(m),
+            Ok(remap::RemapOutcome::Remapped(r)) => Translation::Remapped {
+                index: r.index,
+                message: r.message,
+            },
+            Err(fault) => Translation::Blocked(fault),
+        }
+    }
+
+    /// [`VtdUnit::translate`], recording the fault when the message is blocked.
+    pub fn translate_and_record(
+        &mut self,
+        mem: &dyn GuestMemoryReader,
+        source: SourceId,
+        msg: MsiMessage,
+    ) -> (Translation, Effects) {
+        let translation = self.translate(mem, source, msg);
+        let effects = match translation {
+            Translation::Blocked(fault) => self.record_fault(&fault),
+            _ => Effects::default(),
+        };
+        (translation, effects)
+    }
+
+    /// Records `fault` in the fault log (unless FPD suppresses it or the log overflowed);
+    /// the effects hold the fault event interrupt when one is due.
+    pub fn record_fault(&mut self, fault: &Fault) -> Effects {
+        let mut effects = Effects::default();
+        effects.interrupts.extend(self.faults.record(fault));
+        effects
+    }
+
+    /// Handles a guest read of `data.len()` bytes at `offset` in the register window.
+    pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        let value = match classify(offset, data.len()) {
+            Some(Access::Dword) => u64::from(self.read_dword(offset)),
+            Some(Access::Qword) => {
+                let low = u64::from(self.read_dword(offset));
+                let high = u64::from(self.read_dword(offset + HIGH_DWORD_OFFSET));
+                low | (high << DWORD_BITS)
+            }
+            None => {
+                data.iter_mut().for_each(|b| *b = 0xff);
+                return;
+            }
+        };
+        for (dst, src) in data.iter_mut().zip(value.to_le_bytes()) {
+            *dst = src;
+        }
+    }
+
+    /// Handles a guest write of `data` at `offset` in the register window; `mem` is where
+    /// the invalidation queue and wait status words live.
+    pub fn mmio_write(&mut self, mem: &dyn GuestMemoryReader, offset: u64, data: &[u8]) -> Effects {
+        let mut effects = Effects::default();
+        let mut bytes = [0u8; QWORD];
+        for (dst, src) in bytes.iter_mut().zip(data) {
+            *dst = *src;
+        }
+        let value = u64::from_le_bytes(bytes);
+        match classify(offset, data.len()) {
+            Some(Access::Dword) => self.write_dword(mem, offset, low_dword(value), &mut effects),
+            Some(Access::Qword) => {
+                self.write_dword(mem, offset, low_dword(value), &mut effects);
+                self.write_dword(
+                    mem,
+                    offset + HIGH_DWORD_OFFSET,
+                    high_dword(value),
+                    &mut effects,
+                );
+            }
+            None => log::debug!("vt-d: ignoring {}-byte write at {offset:#x}", data.len()),
+        }
+        effects
+    }
+
+    /// The fault record and dword an offset in the FRCD range names.
+    fn frcd_slot(&self, offset: u64) -> Option<(usize, usize)> {
+        let rel = offset.checked_sub(FRCD_REG)?;
+        let record = usize::try_from(rel / FRCD_SIZE).ok()?;
+        if record >= self.faults.len() {
+            return None;
+        }
+        let dword = usize::try_from((rel % FRCD_SIZE) / DWORD as u64).ok()?;
+        Some((record, dword))
+    }
+
+    fn read_dword(&self, offset: u64) -> u32 {
+        let half = |value: u64, base: u64| {
+            if offset == base {
+                low_dword(value)
+            } else {
+                high_dword(value)
+            }
+        };
+        match offset {
+            VER_REG => VER_VALUE,
+            o if o & !HIGH_DWORD_OFFSET == CAP_REG => half(self.cap, CAP_REG),
+            o if o & !HIGH_DWORD_OFFSET == ECAP_REG => half(self.ecap, ECAP_REG),
+            GCMD_REG => 0,
+            GSTS_REG => self.gsts,
+            o if o & !HIGH_DWORD_OFFSET == RTADDR_REG => half(self.rtaddr, RTADDR_REG),
+            o if o & !HIGH_DWORD_OFFSET == CCMD_REG => half(self.ccmd, CCMD_REG),
+            FSTS_REG => self.faults.status(),
+            FECTL_REG => self.faults.event().control(),
+            FEDATA_REG => self.faults.event().data(),
+            FEADDR_REG => self.faults.event().address(),
+            FEUADDR_REG => self.faults.event().upper_address(),
+            o if o & !HIGH_DWORD_OFFSET == IQH_REG => half(self.queue.head_register(), IQH_REG),
+            o if o & !HIGH_DWORD_OFFSET == IQT_REG => half(self.queue.tail_register(), IQT_REG),
+            o if o & !HIGH_DWORD_OFFSET == IQA_REG => half(self.queue.address_register(), IQA_REG),
+            ICS_REG => self.ics,
+            IECTL_REG => self.completion_event.control(),
+            IEDATA_REG => self.completion_event.data(),
+            IEADDR_REG => self.completion_event.address(),
+            IEUADDR_REG => self.completion_event.upper_address(),
+            o if o & !HIGH_DWORD_OFFSET == IRTA_REG => half(self.irta, IRTA_REG),
+            o if o & !HIGH_DWORD_OFFSET == IVA_REG => half(self.iva, IVA_REG),
+            o if o & !HIGH_DWORD_OFFSET == IOTLB_REG => half(self.iotlb, IOTLB_REG),
+            o => match self.frcd_slot(o) {
+                Some((record, dword)) => self.faults.read_record(record, dword),
+                None => 0,
+            },
+        }
+    }
+
+    fn write_dword(
+        &mut self,
+        mem: &dyn GuestMemoryReader,
+        offset: u64,
+        value: u32,
+        effects: &mut Effects,
+    ) {
+        let high = offset & HIGH_DWORD_OFFSET != 0;
+        match offset {
+            GCMD_REG => self.write_gcmd(mem, value, effects),
+            o if o & !HIGH_DWORD_OFFSET == RTADDR_REG => {
+                self.rtaddr = with_dword(self.rtaddr, high, value) & RTADDR_MASK;
+            }
+            o if o & !HIGH_DWORD_OFFSET == CCMD_REG => {
+                self.ccmd = with_dword(self.ccmd, high, value);
+                if self.ccmd & CCMD_ICC != 0 {
+                    // Nothing is cached: the invalidation completes at once, at the
+                    // granularity requested.
+                    let cirg = (self.ccmd >> CCMD_CIRG_SHIFT) & CCMD_GRANULARITY_MASK;
+                    self.ccmd &= !(CCMD_ICC | (CCMD_GRANULARITY_MASK << CCMD_CAIG_SHIFT));
+                    self.ccmd |= cirg << CCMD_CAIG_SHIFT;
+                }
+            }
+            FSTS_REG => {
+                let was_stopped = self.faults.queue_error();
+                self.faults.write_status(value);
+                if was_stopped && !self.faults.queue_error() {
+                    // Software cleared IQE: fetching resumes from the head.
+                    self.run_queue(mem, effects);
+                }
+            }
+            FECTL_REG => effects
+                .interrupts
+                .extend(self.faults.event_mut().write_control(value)),
+            FEDATA_REG => self.faults.event_mut().write_data(value),
+            FEADDR_REG => self.faults.event_mut().write_address(value),
+            FEUADDR_REG => self.faults.event_mut().write_upper_address(value),
+            o if o & !HIGH_DWORD_OFFSET == IQT_REG => {
+                let iqt = with_dword(self.queue.tail_register(), high, value);
+                self.queue.write_tail_register(iqt);
+                if !high {
+                    self.run_queue(mem, effects);
+                }
+            }
+            o if o & !HIGH_DWORD_OFFSET == IQA_REG => {
+                if self.gsts & GSTS_QIES != 0 {
+                    log::warn!("vt-d: IQA write while queued invalidation is enabled, ignored");
+                } else {
+                    let iqa = with_dword(self.queue.address_register(), high, value);
+                    self.queue.write_address_register(iqa);
+                }
+            }
+            ICS_REG => {
+                self.ics &= !(value & ICS_IWC);
+                if self.ics & ICS_IWC == 0 {
+                    self.completion_event.clear_pending();
+                }
+            }
+            IECTL_REG => effects
+                .interrupts
+                .extend(self.completion_event.write_control(value)),
+            IEDATA_REG => self.completion_event.write_data(value),
+            IEADDR_REG => self.completion_event.write_address(value),
+            IEUADDR_REG => self.completion_event.write_upper_address(value),
+            o if o & !HIGH_DWORD_OFFSET == IRTA_REG => {
+                let mut writable = IRTA_BASE_MASK | IRTA_S_MASK;
+                if self.config.extended_interrupt_mode {
+                    writable |= IRTA_EIME;
+                }
+                self.irta = with_dword(self.irta, high, value) & writable;
+            }
+            o if o & !HIGH_DWORD_OFFSET == IVA_REG => self.iva = with_dword(self.iva, high, value),
+            o if o & !HIGH_DWORD_OFFSET == IOTLB_REG => {
+                self.iotlb = with_dword(self.iotlb, high, value);
+                if self.iotlb & IOTLB_IVT != 0 {
+                    let iirg = (self.iotlb >> IOTLB_IIRG_SHIFT) & IOTLB_GRANULARITY_MASK;
+                    self.iotlb &= !(IOTLB_IVT | (IOTLB_GRANULARITY_MASK << IOTLB_IAIG_SHIFT));
+                    self.iotlb |= iirg << IOTLB_IAIG_SHIFT;
+                }
+            }
+            o => {
+                if let Some((record, dword)) = self.frcd_slot(o) {
+                    self.faults.write_record(record, dword, value);
+                }
+            }
+        }
+    }
+
+    fn write_gcmd(&mut self, mem: &dyn GuestMemoryReader, value: u32, effects: &mut Effects) {
+        let changed = value ^ self.gsts;
+        if changed & GCMD_TE != 0 && value & GCMD_TE != 0 {
+            log::warn!("vt-d: GCMD.TE ignored: DMA translation is not supported (CAP.SAGAW = 0)");
+        }
+        if value & GCMD_SRTP != 0 {
+            self.rtaddr_latched = Some(self.rtaddr);
+            self.gsts |= GSTS_RTPS;
+        }
+        if changed & GCMD_QIE != 0 {
+            if value & GCMD_QIE != 0 {
+                self.gsts |= GSTS_QIES;
+                self.run_queue(mem, effects);
+            } else {
+                if self.queue.has_work() {
+                    log::warn!("vt-d: queued invalidation disabled with descriptors pending");
+                }
+                self.gsts &= !GSTS_QIES;
+                self.queue.reset_head();
+            }
+        }
+        if value & GCMD_SIRTP != 0 {
+            let table = IrTable {
+                base: self.irta & IRTA_BASE_MASK,
+                entries: 2u32 << (self.irta & IRTA_S_MASK),
+                eime: self.irta & IRTA_EIME != 0,
+            };
+            log::debug!("vt-d: interrupt remapping table {table:x?}");
+            self.ir_table = Some(table);
+            self.gsts |= GSTS_IRTPS;
+            effects.ir_state_changed = true;
+        }
+        if changed & GCMD_IRE != 0 {
+            if value & GCMD_IRE != 0 {
+                if self.ir_table.is_none() {
+                    log::warn!("vt-d: interrupt remapping enabled before SIRTP");
+                }
+                self.gsts |= GSTS_IRES;
+            } else {
+                self.gsts &= !GSTS_IRES;
+            }
+            effects.ir_state_changed = true;
+        }
+        if changed & GCMD_CFI != 0 {
+            if value & GCMD_CFI != 0 {
+                self.gsts |= GSTS_CFIS;
+            } else {
+                self.gsts &= !GSTS_CFIS;
+            }
+            effects.ir_state_changed = true;
+        }
+    }
+
+    /// Runs the invalidation queue if it is enabled and not stopped by an error.
+    fn run_queue(&mut self, mem: &dyn GuestMemoryReader, effects: &mut Effects) {
+        if self.gsts & GSTS_QIES == 0 || self.faults.queue_error() {
+            return;
+        }
+        let run = self.queue.run(mem);
+        effects.iec.extend(run.invalidations);
+        if run.completion_interrupts > 0 {
+            let was_set = self.ics & ICS_IWC != 0;
+            self.ics |= ICS_IWC;
+            if !was_set {
+                effects.interrupts.extend(self.completion_event.signal());
+            }
+        }
+        if let Some(error) = run.error {
+            log::warn!("vt-d: invalidation queue error: {error}");
+            effects.interrupts.extend(self.faults.set_queue_error());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
