@@ -7,9 +7,10 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use common::{asset, hardware_virtualization, kvm_available, run_guest, skip};
+use common::{asset, hardware_virtualization, kvm_available, run_guest, skip, GuestRun, StopWhen};
 
 /// Linux's console lines that show it found and parsed our ACPI tables.
 const ACPI_LINES: [&str; 3] = [
@@ -21,6 +22,23 @@ const ACPI_LINES: [&str; 3] = [
 const CPU_FEATURES: &str = "-cx16,-xsave";
 const CMDLINE: &str = "console=ttyS0 noxsave";
 
+/// Boots `kernel` with the features and command line this KVM needs, until `done`.
+fn early_boot(kernel: &Path, cpus: &str, deadline: Duration, done: StopWhen) -> GuestRun {
+    let args = [
+        "--kernel",
+        kernel.to_str().expect("utf-8 path"),
+        "--cpu-features",
+        CPU_FEATURES,
+        "--cmdline",
+        CMDLINE,
+        "--cpus",
+        cpus,
+        "--memory",
+        "256M",
+    ];
+    run_guest(&args, deadline, Some(done))
+}
+
 fn banner_and_acpi(test: &str, image: &str) {
     if let Err(why) = kvm_available() {
         return skip(test, &why);
@@ -30,22 +48,7 @@ fn banner_and_acpi(test: &str, image: &str) {
         Err(why) => return skip(test, &why),
     };
     let done = |lines: &[String]| lines.iter().any(|l| l.contains("smpboot: Allowing"));
-    let run = run_guest(
-        &[
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
-            "--cpu-features",
-            CPU_FEATURES,
-            "--cmdline",
-            CMDLINE,
-            "--cpus",
-            "2",
-            "--memory",
-            "256M",
-        ],
-        Duration::from_secs(600),
-        Some(&done),
-    );
+    let run = early_boot(&kernel, "2", Duration::from_secs(600), &done);
     assert!(run.saw("Linux version"), "no banner\n{}", run.dump());
     for l in ACPI_LINES {
         assert!(run.saw(l), "missing '{l}'\n{}", run.dump());
@@ -122,22 +125,7 @@ fn linux_288_vcpus_come_up_in_x2apic_mode() {
     };
     let x2apic = |l: &str| l.contains("x2apic enabled") || l.contains("x2apic: enabled by BIOS");
     let done = |lines: &[String]| lines.iter().any(|l| x2apic(l));
-    let run = run_guest(
-        &[
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
-            "--cpu-features",
-            CPU_FEATURES,
-            "--cmdline",
-            CMDLINE,
-            "--cpus",
-            "288",
-            "--memory",
-            "256M",
-        ],
-        Duration::from_secs(900),
-        Some(&done),
-    );
+    let run = early_boot(&kernel, "288", Duration::from_secs(900), &done);
     assert!(run.saw("smpboot: Allowing 288 CPUs"), "{}", run.dump());
     assert!(
         run.lines.iter().any(|l| x2apic(l)),

@@ -482,7 +482,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
             reset_port: RESET_PORT,
             reset_value: RESET_VALUE,
             serial: Some((COM1_PORT, COM1_IRQ)),
-            pci_ecam: None,
+            pci: None,
             dmar: None,
         },
         ACPI_START,

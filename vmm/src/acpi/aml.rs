@@ -448,6 +448,12 @@ impl ResourceTemplate {
         self
     }
 
+    /// Adds an already encoded descriptor (see [`super::resources`] for the large ones).
+    pub fn descriptor(mut self, bytes: &[u8]) -> Self {
+        self.descriptors.extend_from_slice(bytes);
+        self
+    }
+
     /// Adds `IRQNoFlags(){irq}`: an ISA-style edge-triggered, active-high interrupt.
     pub fn irq_no_flags(mut self, irq: u8) -> Result<Self, AmlError> {
         if irq >= IRQ_DESCRIPTOR_IRQS {

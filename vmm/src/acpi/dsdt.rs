@@ -8,10 +8,15 @@
 //!   x2APIC entry; OSPM matches `_UID` against the MADT's processor UIDs.
 //! - Under `\_SB`, `COM1` (`_HID EISAID("PNP0501")`, `_UID 0`, `_CRS` with `IO(Decode16)` and
 //!   `IRQNoFlags`) when the configuration has a serial port.
+//! - Under `\_SB`, when the platform has PCI: `PCI0` (`PNP0A08`, compatible `PNP0A03`),
+//!   whose `_CRS` produces the bus range, the config ports, the I/O space around them and the
+//!   32-bit MMIO window; and `MRES` (`PNP0C02`), which reserves the ECAM window so an OS
+//!   trusts the MCFG.
 
 use super::aml::{Aml, AmlString, Device, EisaId, Name, Package, ResourceTemplate, Scope};
+use super::resources::{dword_memory, memory32_fixed, word_bus_number, word_io};
 use super::sdt::Sdt;
-use super::{AcpiConfig, AcpiError};
+use super::{AcpiConfig, AcpiError, PciHostConfig};
 
 /// DSDT signature.
 pub const SIGNATURE: [u8; 4] = *b"DSDT";
@@ -78,6 +83,64 @@ fn serial_device(port: u16, irq: u8) -> Result<Device, AcpiError> {
     )?)
 }
 
+/// EISA ID of a PCI Express host bridge.
+const PCIE_HOST_HID: &str = "PNP0A08";
+/// EISA ID of a PCI host bridge (compatible ID).
+const PCI_HOST_CID: &str = "PNP0A03";
+/// EISA ID of motherboard resources (reservations).
+const MOTHERBOARD_RESOURCES_HID: &str = "PNP0C02";
+/// The configuration-mechanism ports 0xcf8..0xcff.
+const PCI_CONFIG_PORT: u16 = 0xcf8;
+const PCI_CONFIG_PORT_LEN: u8 = 8;
+/// I/O space below and above the configuration ports, produced for PCI devices.
+const PCI_IO_LOW_END: u16 = 0x0cf7;
+const PCI_IO_HIGH_START: u16 = 0x0d00;
+
+fn pci_devices(pci: &PciHostConfig) -> Result<Vec<Box<dyn Aml>>, AcpiError> {
+    let mmio_end = pci
+        .mmio32_base
+        .saturating_add(pci.mmio32_size.saturating_sub(1));
+    let crs = ResourceTemplate::new()
+        .descriptor(&word_bus_number(
+            u16::from(pci.ecam.start_bus),
+            u16::from(pci.ecam.end_bus),
+        ))
+        .io_decode16(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, PCI_CONFIG_PORT_LEN)
+        .descriptor(&word_io(0, PCI_IO_LOW_END))
+        .descriptor(&word_io(PCI_IO_HIGH_START, u16::MAX))
+        .descriptor(&dword_memory(pci.mmio32_base, mmio_end));
+    let host = Device::new(
+        "PCI0",
+        vec![
+            Box::new(Name::new("_HID", EisaId::new(PCIE_HOST_HID)?)?),
+            Box::new(Name::new("_CID", EisaId::new(PCI_HOST_CID)?)?),
+            Box::new(Name::new("_SEG", 0u8)?),
+            Box::new(Name::new("_BBN", pci.ecam.start_bus)?),
+            Box::new(Name::new("_UID", 0u8)?),
+            Box::new(Name::new("_CRS", crs)?),
+        ],
+    )?;
+    let buses = u32::from(pci.ecam.end_bus) - u32::from(pci.ecam.start_bus) + 1;
+    let ecam_len = buses << ECAM_BUS_SHIFT;
+    let ecam_base =
+        u32::try_from(pci.ecam.base).map_err(|_| AcpiError::EcamAbove4G(pci.ecam.base))?;
+    let reservation = Device::new(
+        "MRES",
+        vec![
+            Box::new(Name::new("_HID", EisaId::new(MOTHERBOARD_RESOURCES_HID)?)?),
+            Box::new(Name::new("_UID", 1u8)?),
+            Box::new(Name::new(
+                "_CRS",
+                ResourceTemplate::new().descriptor(&memory32_fixed(ecam_base, ecam_len)),
+            )?),
+        ],
+    )?;
+    Ok(vec![Box::new(host), Box::new(reservation)])
+}
+
+/// Bytes of ECAM per bus: 32 devices x 8 functions x 4 KiB.
+const ECAM_BUS_SHIFT: u32 = 20;
+
 /// Builds the DSDT for `cfg`.
 pub fn build(cfg: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
     let s5 = Package::new(vec![
@@ -93,6 +156,9 @@ pub fn build(cfg: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
     }
     if let Some((port, irq)) = cfg.serial {
         sb.push(Box::new(serial_device(port, irq)?));
+    }
+    if let Some(pci) = &cfg.pci {
+        sb.extend(pci_devices(pci)?);
     }
 
     let mut aml = Vec::new();

@@ -17,6 +17,7 @@ pub mod dsdt;
 pub mod fadt;
 pub mod madt;
 pub mod mcfg;
+pub mod resources;
 pub mod root;
 pub mod sdt;
 
@@ -75,9 +76,23 @@ pub enum AcpiError {
         /// Its length.
         len: usize,
     },
+    /// The ECAM window must lie below 4 GiB to be reserved with Memory32Fixed.
+    #[error("ECAM window at {0:#x} is above 4 GiB")]
+    EcamAbove4G(u64),
     /// The DSDT's AML could not be encoded.
     #[error("AML encoding: {0}")]
     Aml(#[from] aml::AmlError),
+}
+
+/// A PCI host bridge: its ECAM window and the 32-bit MMIO window it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciHostConfig {
+    /// ECAM window and bus range.
+    pub ecam: mcfg::EcamConfig,
+    /// Base of the 32-bit MMIO window for BARs.
+    pub mmio32_base: u32,
+    /// Size of that window.
+    pub mmio32_size: u32,
 }
 
 /// What the ACPI tables describe.
@@ -107,8 +122,8 @@ pub struct AcpiConfig {
     /// with `_CRS` IO + IRQ, and flagged in IAPC_BOOT_ARCH as a legacy device. The IRQ must
     /// be 0-15.
     pub serial: Option<(u16, u8)>,
-    /// The PCIe ECAM window, listed in an MCFG when present.
-    pub pci_ecam: Option<mcfg::EcamConfig>,
+    /// The PCI host bridge: described in the DSDT, its ECAM window listed in an MCFG.
+    pub pci: Option<PciHostConfig>,
     /// The VT-d remapping unit, listed in a DMAR when present.
     pub dmar: Option<dmar::DmarConfig>,
 }
@@ -127,7 +142,7 @@ impl Default for AcpiConfig {
             reset_port: 0xcf9,
             reset_value: 0x06,
             serial: Some((0x3f8, 4)),
-            pci_ecam: None,
+            pci: None,
             dmar: None,
         }
     }
@@ -220,8 +235,8 @@ pub fn build(cfg: &AcpiConfig, base: u64, limit: u64) -> Result<AcpiTables, Acpi
     let dsdt = dsdt::build(cfg)?;
     // Tables listed in the XSDT after the FADT, as (signature, bytes). Add DMAR, MCFG here.
     let mut listed: Vec<(&[u8], Vec<u8>)> = vec![(&madt::SIGNATURE, madt::build(cfg)?)];
-    if let Some(ecam) = &cfg.pci_ecam {
-        listed.push((&mcfg::SIGNATURE, mcfg::build(ecam)?));
+    if let Some(pci) = &cfg.pci {
+        listed.push((&mcfg::SIGNATURE, mcfg::build(&pci.ecam)?));
     }
     if let Some(dmar) = &cfg.dmar {
         listed.push((&dmar::SIGNATURE, dmar::build(dmar)?));

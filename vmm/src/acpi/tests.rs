@@ -347,15 +347,19 @@ fn squash(s: &str) -> String {
 }
 
 #[test]
-fn iasl_disassembles_dmar_and_mcfg() {
+fn iasl_disassembles_dmar_mcfg_and_pci_host() {
     if !iasl_available() {
         return;
     }
     let mut c = cfg(288);
-    c.pci_ecam = Some(super::mcfg::EcamConfig {
-        base: 0xb000_0000,
-        start_bus: 0,
-        end_bus: 0xff,
+    c.pci = Some(super::PciHostConfig {
+        ecam: super::mcfg::EcamConfig {
+            base: 0xb000_0000,
+            start_bus: 0,
+            end_bus: 0xff,
+        },
+        mmio32_base: 0xc000_0000,
+        mmio32_size: 0x3e00_0000,
     });
     c.dmar = Some(super::dmar::DmarConfig {
         register_base: 0xfed9_0000,
@@ -379,6 +383,19 @@ fn iasl_disassembles_dmar_and_mcfg() {
     ] {
         assert!(dmar.contains(field), "{field:?} missing:\n{dmar}");
     }
+    let dsdt = iasl_disassemble(&dir.0, "dsdt", table(&t, b"DSDT"));
+    for needle in [
+        "PNP0A08",
+        "PNP0A03",
+        "PNP0C02",
+        "WordBusNumber",
+        "DWordMemory",
+        "0xFDFFFFFF",
+        "Memory32Fixed",
+    ] {
+        assert!(dsdt.contains(needle), "{needle} missing:\n{dsdt}");
+    }
+    iasl_recompile(&dir.0, "dsdt");
     let mcfg = squash(&iasl_disassemble(&dir.0, "mcfg", table(&t, b"MCFG")));
     assert!(mcfg.contains("Base Address : 00000000B0000000"), "{mcfg}");
     assert!(mcfg.contains("End Bus Number : FF"), "{mcfg}");
