@@ -9,6 +9,8 @@
 //! * [`vtd`]: an Intel VT-d remapping unit with interrupt remapping and queued
 //!   invalidation ([`vtd::VtdUnit`]).
 
+#![warn(missing_docs)]
+
 pub mod memory;
 pub mod msi;
 pub mod vtd;

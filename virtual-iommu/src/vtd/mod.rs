@@ -20,12 +20,14 @@
 //!      `KVM_SIGNAL_MSI`; they are already in KVM's x2APIC API layout and are not subject
 //!      to remapping.
 //!
-//!   Status writes of wait descriptors are done by the model during the MMIO write; a
-//!   guest polling them sees completion only once the vCPU resumes, i.e. after step 3.
+//!   Status writes of wait descriptors are done by the model during the MMIO write. The
+//!   vCPU that wrote IQT (in Linux the one that polls the status, holding the queue lock)
+//!   sees them only once it resumes, i.e. after step 3, which is what makes the wait
+//!   descriptor's promise ("everything before me is done") hold for routes.
 //! * **Translation**: [`VtdUnit::translate`] turns a device's message into the message to
 //!   route, reading the IRTE from guest memory at call time. It is pure; faults come back
 //!   in the [`Translation`]. Record them with [`VtdUnit::record_fault`] (or use
-//!   [`VtdUnit::translate_and_record`]) when an interrupt is actually blocked; delivering
+//!   [`VtdUnit::translate_and_record`]) when an interrupt is actually blocked, and act on
 //!   the returned [`Effects`] as above. Key each route by [`Translation::irte_index`] so
 //!   IEC invalidations find it, including routes that failed (a not-present entry the
 //!   guest fills in later is announced by an IEC invalidation of its index).

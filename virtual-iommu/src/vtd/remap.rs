@@ -18,6 +18,12 @@
 //! its data holding the RTE's vector field (by Linux's convention the pin number), which
 //! the remapped interrupt does not use.
 //!
+//! Every attribute of a remapped interrupt comes from the IRTE, the trigger mode included.
+//! Linux programs TM = 0 (edge) even for level-triggered IOAPIC pins and instead ends such
+//! an interrupt by writing the pin number to the IOAPIC's EOI register (IOAPIC version
+//! 0x20, `ioapic_ir_ack_level`), so a level pin's route is an edge route in KVM and the
+//! IOAPIC model sees the EOI as an MMIO write rather than a `KVM_EXIT_IOAPIC_EOI`.
+//!
 //! A remappable request then goes through these checks, each with its fault reason:
 //! index within the table (0x21), entry readable (0x23), entry present (0x22), entry
 //! well-formed (0x24), source-id accepted (0x26). The last three are *qualified*: the

@@ -1377,3 +1377,21 @@ fn guest_memory_writes_only_where_asked() {
     u.translate(&m, DEVICE_SID, remappable(2, None));
     assert_eq!(*m.writes.borrow(), after_put);
 }
+
+#[test]
+fn iqt_qword_write_runs_once_and_high_half_alone_does_not_fetch() {
+    let (mut u, m, head) = enabled_unit(true);
+    m.put_desc(head, desc::iec_index(9, 0));
+    // The high dword holds only reserved bits: writing it fetches nothing.
+    assert!(w32(&mut u, &m, IQT_REG + 4, 0xffff_ffff).is_empty());
+    assert_eq!(r64(&u, IQH_REG), u64::from(head) << 4);
+    let e = w64(
+        &mut u,
+        &m,
+        IQT_REG,
+        0xffff_ffff_0000_0000 | u64::from((head + 1) << 4),
+    );
+    assert_eq!(e.iec, vec![IecInvalidation::Range { start: 9, count: 1 }]);
+    assert_eq!(r64(&u, IQT_REG), u64::from((head + 1) << 4));
+    assert_eq!(r64(&u, IQH_REG), u64::from((head + 1) << 4));
+}
