@@ -1,6 +1,7 @@
 #!/bin/sh
-# Builds the probe guest and copies it to <repo>/target/guests/probe.elf (path printed last).
-# Extra arguments go to `cargo build`.
+# Builds the probe guest into <repo>/target/guests/: probe.elf (PVH ELF) and probe.bzImage
+# (the same program packed by mkbzimage.py as a Linux boot protocol 2.12 bzImage). Prints both
+# paths, probe.elf last. Extra arguments go to `cargo build`.
 #
 # Cargo reads .cargo/config.toml (the freestanding link flags) only from the directory it
 # runs in, so this script builds from its own directory. Environment settings that would
@@ -28,5 +29,9 @@ else
 fi
 
 mkdir -p "$repo/target/guests"
+# Written to a temporary name first so that a failed pack leaves no half-written image.
+python3 "$here/mkbzimage.py" "$elf" "$repo/target/guests/probe.bzImage.tmp"
+mv "$repo/target/guests/probe.bzImage.tmp" "$repo/target/guests/probe.bzImage"
 cp "$elf" "$repo/target/guests/probe.elf"
+echo "$repo/target/guests/probe.bzImage"
 echo "$repo/target/guests/probe.elf"

@@ -1,6 +1,7 @@
-//! irvmm's probe guest: a freestanding x86-64 program booted by PVH (on irvmm and on QEMU)
-//! that runs one test scenario, named by `probe=NAME` on the command line, and reports
-//! through COM1 and the debug-exit port (see [`report`]).
+//! irvmm's probe guest: a freestanding x86-64 program booted by PVH (`probe.elf`) or by the
+//! Linux boot protocol (`probe.bzImage`), on irvmm and on QEMU, that runs one test scenario,
+//! named by `probe=NAME` on the command line, and reports through COM1 and the debug-exit
+//! port (see [`report`]).
 //!
 //! Built for the host target with `no_std` and the flags in `.cargo/config.toml`; the entry
 //! code in [`entry`] leaves the BSP in long mode with the first 4 GiB identity-mapped.
@@ -17,6 +18,7 @@
 mod acpi;
 mod ap;
 mod apic;
+mod bootparams;
 mod clock;
 mod cpus;
 #[allow(dead_code)]
@@ -37,17 +39,42 @@ mod x86;
 
 use core::panic::PanicInfo;
 
+use entry::Entry;
 use report::MAX_NAME;
 use scenarios::Context;
 
-/// Rust entry point on the BSP, called by the entry code with the `hvm_start_info` address.
+/// Rust entry point on the BSP, called by the entry code with the address of the boot
+/// information and the [`entry::Entry`] it came through (`hvm_start_info` for PVH,
+/// `boot_params` for the Linux protocols).
 #[no_mangle]
-pub extern "C" fn probe_main(start_info_addr: u64) -> ! {
+pub extern "C" fn probe_main(info_addr: u64, entry_raw: u64) -> ! {
     serial::init();
     idt::init();
     // Start on a fresh line: firmware may have left the cursor mid-line.
     sprintln!();
     sprintln!("probe: irvmm probe guest {}", env!("CARGO_PKG_VERSION"));
+
+    let start_info_addr = match Entry::from_raw(entry_raw) {
+        Some(Entry::Pvh) => {
+            sprintln!("probe: entry=pvh start_info=0x{:x}", info_addr);
+            info_addr
+        }
+        Some(entry) => match bootparams::start_info_from(info_addr) {
+            Ok(c) => {
+                sprintln!(
+                    "probe: entry={} boot_params=0x{:x} protocol={}.{:02} e820_entries={}",
+                    entry.name(),
+                    info_addr,
+                    c.protocol >> 8,
+                    c.protocol & 0xff,
+                    c.e820_entries
+                );
+                c.start_info
+            }
+            Err(reason) => report::finish("none", Err(reason)),
+        },
+        None => report::finish("none", Err(text!("unknown entry kind {}", entry_raw))),
+    };
 
     let start_info = match pvh::StartInfo::read(start_info_addr) {
         Ok(si) => si,
