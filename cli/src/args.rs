@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use vmm::{ApicMode, SerialMode, Topology};
+use vmm::{ApicMode, IommuKind, PciDeviceKind, SerialMode, Topology};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -11,6 +11,7 @@ Examples:
         --cmdline \"console=ttyS0\" --cpus 4 --memory 512M
   irvmm --kernel target/guests/probe.elf --cmdline probe=boot --cpus 288,sockets=2,cores=144,threads=1
   irvmm --kernel bzImage --cpu-features -cx16,-xsave --cmdline \"console=ttyS0 noxsave\" --serial file:boot.log
+  irvmm --kernel target/guests/probe.elf --cmdline probe=ir-basic --cpus 288 --iommu intel --device edu
 
 Exit status: the guest's debug-exit status (port 0x501), 0 on ACPI power-off or reset,
 120 when the guest crashes (triple fault, KVM internal error), 121 on a VMM failure,
@@ -61,6 +62,15 @@ pub struct Args {
     /// Local APIC mode the vCPUs start in: auto picks x2apic when an APIC ID is 255 or more.
     #[arg(long, value_name = "auto|xapic|x2apic", default_value = "auto", value_parser = parse_apic_mode)]
     pub apic_mode: ApicMode,
+
+    /// Guest-visible IOMMU: none, or intel (VT-d with interrupt remapping, x2APIC capable).
+    #[arg(long, value_name = "none|intel", default_value = "none", value_parser = parse_iommu)]
+    pub iommu: IommuKind,
+
+    /// Add an emulated PCI device (repeatable): edu (QEMU's edu test device, MSI) or
+    /// edu-msix (its MSI-X variant with 256 vectors).
+    #[arg(long = "device", value_name = "edu|edu-msix", value_parser = parse_device, action = clap::ArgAction::Append)]
+    pub devices: Vec<PciDeviceKind>,
 
     /// KVM device node.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
@@ -138,6 +148,24 @@ pub fn parse_apic_mode(s: &str) -> Result<ApicMode, String> {
         "xapic" => Ok(ApicMode::XApic),
         "x2apic" => Ok(ApicMode::X2Apic),
         _ => Err(format!("'{s}' is not auto, xapic or x2apic")),
+    }
+}
+
+/// Parses `none` or `intel`.
+pub fn parse_iommu(s: &str) -> Result<IommuKind, String> {
+    match s {
+        "none" => Ok(IommuKind::None),
+        "intel" => Ok(IommuKind::Intel),
+        _ => Err(format!("'{s}' is not none or intel")),
+    }
+}
+
+/// Parses a device name.
+pub fn parse_device(s: &str) -> Result<PciDeviceKind, String> {
+    match s {
+        "edu" => Ok(PciDeviceKind::Edu),
+        "edu-msix" => Ok(PciDeviceKind::EduMsix),
+        _ => Err(format!("'{s}' is not a known device (edu, edu-msix)")),
     }
 }
 

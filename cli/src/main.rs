@@ -61,6 +61,8 @@ fn main() -> ExitCode {
         ext_dest_id: args.ext_dest_id,
         kvm_device: args.kvm_device,
         apic_mode: args.apic_mode,
+        iommu: args.iommu,
+        devices: args.devices,
     };
     match vmm::run(&config) {
         Ok(VmOutcome::DebugExit(v)) => ExitCode::from(v),

@@ -3,16 +3,19 @@
 //! [`translate`] is the single place where a message becomes what KVM delivers: without an
 //! IOMMU, remappable-format messages are blocked (nothing could translate them) and, when
 //! the guest was offered KVM_FEATURE_MSI_EXT_DEST_ID, address bits 11:5 are moved to
-//! `address_hi`. The virtual IOMMU's remapping will plug in here.
+//! `address_hi`. With a virtual IOMMU the router asks it first (see [`crate::router`]).
+//! The adapters here connect the IOAPIC and PCI functions to the router.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::ops::Range;
+use std::sync::Arc;
 
+use devices::pci::MsiSink;
 use devices::IoApicSink;
 use kvm_ioctls::VmFd;
-use virtual_iommu::MsiMessage;
+use virtual_iommu::{MsiMessage, SourceId};
 
-use crate::routes::{RouteTable, RoutingBackend};
+use crate::router::{InterruptBackend, InterruptRouter};
+use crate::routes::RoutingBackend;
 
 /// How messages are translated for this VM.
 #[derive(Clone, Copy, Debug, Default)]
@@ -54,46 +57,72 @@ impl<T: RoutingBackend> RoutingBackend for Arc<T> {
     }
 }
 
-/// The userspace IOAPIC's connection to KVM: pin `n` is GSI `n`, whose route is the pin's
-/// translated RTE message.
-pub struct IoApicRoutes<B: RoutingBackend + IrqLine> {
-    routes: Arc<RouteTable<Arc<B>>>,
-    policy: TranslationPolicy,
-    warned: Mutex<HashSet<u8>>,
+/// The userspace IOAPIC's connection to the router: pin `n` is GSI `n`, and its messages
+/// carry the IOAPIC's source ID (as the DMAR's device scope names it).
+pub struct IoApicPins<B: InterruptBackend> {
+    router: Arc<InterruptRouter<B>>,
+    sid: SourceId,
 }
 
-impl<B: RoutingBackend + IrqLine> IoApicRoutes<B> {
-    /// Connects IOAPIC pins to `routes`.
-    pub fn new(routes: Arc<RouteTable<Arc<B>>>, policy: TranslationPolicy) -> Self {
-        IoApicRoutes {
-            routes,
-            policy,
-            warned: Mutex::new(HashSet::new()),
-        }
+impl<B: InterruptBackend> IoApicPins<B> {
+    /// Connects IOAPIC pins to `router`; `sid` is the IOAPIC's requester ID.
+    pub fn new(router: Arc<InterruptRouter<B>>, sid: SourceId) -> Self {
+        IoApicPins { router, sid }
     }
 }
 
-impl<B: RoutingBackend + IrqLine> IoApicSink for IoApicRoutes<B> {
+impl<B: InterruptBackend> IoApicSink for IoApicPins<B> {
     fn set_pin_route(&self, pin: u8, msg: Option<MsiMessage>) {
-        let route = msg.and_then(|m| {
-            let t = translate(m, self.policy);
-            if t.is_none() {
-                if let Ok(mut w) = self.warned.lock() {
-                    if w.insert(pin) {
-                        log::warn!("IOAPIC pin {pin}: RTE message {m:x?} cannot be delivered without an IOMMU; pin blocked");
-                    }
-                }
-            }
-            t
-        });
-        if let Err(e) = self.routes.update([(u32::from(pin), route)]) {
+        if let Err(e) = self.router.set_sources(&[(u32::from(pin), self.sid, msg)]) {
             log::error!("IOAPIC pin {pin}: route update failed: {e}");
         }
     }
 
     fn set_pin_level(&self, pin: u8, level: bool) {
-        if let Err(e) = self.routes.backend().set_irq_line(u32::from(pin), level) {
-            log::error!("IOAPIC pin {pin}: KVM_IRQ_LINE failed: {e}");
+        // MSI routes act on assertion only; deassertion has nothing to send.
+        if level {
+            self.router.trigger(u32::from(pin));
+        }
+    }
+}
+
+/// A PCI function's vectors: vector `i` is GSI `gsis.start + i`.
+pub struct PciVectors<B: InterruptBackend> {
+    router: Arc<InterruptRouter<B>>,
+    sid: SourceId,
+    gsis: Range<u32>,
+}
+
+impl<B: InterruptBackend> PciVectors<B> {
+    /// Connects a function with requester ID `sid` to the GSIs `gsis`.
+    pub fn new(router: Arc<InterruptRouter<B>>, sid: SourceId, gsis: Range<u32>) -> Self {
+        PciVectors { router, sid, gsis }
+    }
+
+    fn gsi(&self, index: u16) -> Option<u32> {
+        let gsi = self.gsis.start.checked_add(u32::from(index))?;
+        self.gsis.contains(&gsi).then_some(gsi)
+    }
+}
+
+impl<B: InterruptBackend> MsiSink for PciVectors<B> {
+    fn set_vector_route(&self, index: u16, msg: Option<MsiMessage>) {
+        self.set_vector_routes(&[(index, msg)]);
+    }
+
+    fn set_vector_routes(&self, routes: &[(u16, Option<MsiMessage>)]) {
+        let changes: Vec<_> = routes
+            .iter()
+            .filter_map(|&(i, m)| self.gsi(i).map(|g| (g, self.sid, m)))
+            .collect();
+        if let Err(e) = self.router.set_sources(&changes) {
+            log::error!("PCI {:04x}: route update failed: {e}", self.sid.0);
+        }
+    }
+
+    fn trigger_vector(&self, index: u16) {
+        if let Some(gsi) = self.gsi(index) {
+            self.router.trigger(gsi);
         }
     }
 }

@@ -48,6 +48,12 @@ pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
 pub const LOW_RAM_END: u64 = 0xb000_0000;
 /// PCIe ECAM (MMCONFIG) base.
 pub const PCIE_ECAM_START: u64 = 0xb000_0000;
+/// PCIe ECAM size: 256 buses x 1 MiB.
+pub const PCIE_ECAM_SIZE: u64 = 0x1000_0000;
+/// Last bus the ECAM window decodes.
+pub const PCIE_ECAM_END_BUS: u8 = 0xff;
+/// Base of the 32-bit PCI MMIO window (BARs).
+pub const PCI_MMIO_START: u64 = 0xc000_0000;
 /// 32-bit PCI MMIO window end.
 pub const PCI_MMIO_END: u64 = 0xfe00_0000;
 /// Userspace IOAPIC MMIO base.
@@ -56,6 +62,10 @@ pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const IOAPIC_SIZE: u64 = 0x1000;
 /// VT-d remapping unit base.
 pub const VTD_ADDR: u64 = 0xfed9_0000;
+/// Size of the VT-d register page.
+pub const VTD_SIZE: u64 = 0x1000;
+/// The VT-d unit's maximum guest address width minus one, as CAP.MGAW and the DMAR say.
+pub const VTD_HOST_ADDRESS_WIDTH: u8 = 38;
 /// Local APIC / MSI window.
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// TSS area KVM needs on Intel hosts (three pages just below 4 GiB's BIOS area).
@@ -81,6 +91,13 @@ pub const ACPI_PM_PORT_COUNT: u64 = 2;
 pub const RESET_PORT: u16 = 0xcf9;
 /// Value the FADT tells the guest to write to the reset register.
 pub const RESET_VALUE: u8 = 0x06;
+
+/// PCI configuration mechanism #1: address register.
+pub const PCI_CONFIG_ADDRESS_PORT: u64 = 0xcf8;
+/// PCI configuration mechanism #1: data window.
+pub const PCI_CONFIG_DATA_PORT: u64 = 0xcfc;
+/// Number of data-window ports.
+pub const PCI_CONFIG_DATA_PORT_COUNT: u64 = 4;
 
 /// Number of IOAPIC pins, which are also the first GSIs.
 pub const IOAPIC_PINS: usize = 24;

@@ -9,8 +9,11 @@ pub mod boot;
 pub mod bus;
 pub mod cpuid;
 pub mod interrupts;
+pub mod iommu;
 pub mod layout;
 pub mod memory;
+pub mod platform;
+pub mod router;
 pub mod routes;
 pub mod topology;
 pub mod vcpu;
@@ -18,4 +21,4 @@ pub mod vm;
 
 pub use topology::{Topology, TopologyError};
 pub use vcpu::VmOutcome;
-pub use vm::{run, ApicMode, Error, SerialMode, VmConfig};
+pub use vm::{run, ApicMode, Error, IommuKind, PciDeviceKind, SerialMode, VmConfig};

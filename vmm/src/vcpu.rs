@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use devices::{ExitRequest, IoApic, VmExitHandler};
+use devices::{ExitRequest, VmExitHandler};
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -72,8 +72,8 @@ pub struct VcpuContext {
     pub pio: Bus,
     /// MMIO bus.
     pub mmio: Bus,
-    /// The userspace IOAPIC (for KVM_EXIT_IOAPIC_EOI).
-    pub ioapic: Arc<Mutex<IoApic>>,
+    /// Handles KVM_EXIT_IOAPIC_EOI for a vector (ends the level pins routed to it).
+    pub ioapic_eoi: Box<dyn Fn(u8) + Send + Sync>,
     /// Stop reason.
     pub exit: Arc<ExitState>,
     /// Guest memory (to report instruction bytes on failures).
@@ -125,10 +125,7 @@ impl Vcpu {
                         None
                     }
                     VcpuExit::IoapicEoi(vector) => {
-                        match ctx.ioapic.lock() {
-                            Ok(mut io) => io.end_of_interrupt(vector),
-                            Err(_) => log::error!("IOAPIC lock poisoned"),
-                        }
+                        (ctx.ioapic_eoi)(vector);
                         None
                     }
                     VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,

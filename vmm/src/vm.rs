@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use devices::serial::{IoApicPinTrigger, SerialDevice, SerialError};
-use devices::{AcpiPmControl, DebugExit, IoApic, ResetControl, VmExitHandler};
+use devices::serial::{SerialDevice, SerialError};
+use devices::VmExitHandler;
 use kvm_bindings::{
     kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_CAP_SPLIT_IRQCHIP,
     KVM_CAP_X2APIC_API, KVM_MAX_CPUID_ENTRIES,
@@ -20,14 +20,15 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::acpi::{self, AcpiConfig};
+use crate::acpi::dmar::DmarConfig;
+use crate::acpi::mcfg::EcamConfig;
+use crate::acpi::{self, AcpiConfig, PciHostConfig};
 use crate::boot::{self, BootError, BootSetup, Initramfs, KernelImage};
-use crate::bus::{Bus, BusError};
+use crate::bus::BusError;
 use crate::cpuid::{self, CpuidError, CpuidOptions, FeatureOverride};
-use crate::interrupts::{IoApicRoutes, TranslationPolicy};
 use crate::layout::*;
 use crate::memory::{self, MIN_MEMORY};
-use crate::routes::RouteTable;
+use crate::platform;
 use crate::topology::Topology;
 use crate::vcpu::{ExitState, Vcpu, VcpuContext, VmOutcome};
 
@@ -54,6 +55,24 @@ pub enum ApicMode {
     X2Apic,
 }
 
+/// The guest-visible IOMMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuKind {
+    /// None.
+    None,
+    /// Intel VT-d with interrupt remapping (x2APIC mode capable).
+    Intel,
+}
+
+/// Emulated PCI devices the user can add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PciDeviceKind {
+    /// The `edu` test device (QEMU's public spec): MSI.
+    Edu,
+    /// irvmm's MSI-X variant of `edu` with 256 vectors.
+    EduMsix,
+}
+
 /// Everything needed to start a VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -77,6 +96,10 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// Local APIC mode at start-up.
     pub apic_mode: ApicMode,
+    /// The guest-visible IOMMU.
+    pub iommu: IommuKind,
+    /// Emulated PCI devices, placed on bus 0 in order.
+    pub devices: Vec<PciDeviceKind>,
 }
 
 /// Whether the vCPUs start in x2APIC mode.
@@ -179,6 +202,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The platform could not be assembled.
+    #[error("{0}")]
+    Platform(String),
+    /// The interrupt router failed.
+    #[error("interrupts: {0}")]
+    Router(#[from] crate::router::RouterError),
     /// KVM_SET_MSRS set fewer MSRs than asked.
     #[error("KVM_SET_MSRS set {set} of {asked} boot MSRs")]
     Msrs {
@@ -195,7 +224,7 @@ impl Error {
         matches!(self, Error::Usage { .. })
     }
 
-    fn usage(flag: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn usage(flag: &'static str, message: impl Into<String>) -> Self {
         Error::Usage {
             flag,
             message: message.into(),
@@ -289,8 +318,11 @@ fn preflight(config: &VmConfig, kvm: &Kvm) -> Result<(), Error> {
             ));
         }
     }
-    if config.topology.apic_ids().iter().any(|&id| id > 255) && !config.ext_dest_id {
-        log::warn!("vCPUs with APIC IDs above 255 exist, but without the extended destination ID (and without an IOMMU) the guest cannot direct device interrupts to them");
+    if max_id > 255 && !config.ext_dest_id && config.iommu == IommuKind::None {
+        return Err(Error::usage(
+            "--cpus",
+            format!("APIC IDs up to {max_id} need interrupt remapping (--iommu intel) or the extended destination ID (--ext-dest-id on) to receive device interrupts"),
+        ));
     }
     Ok(())
 }
@@ -482,8 +514,21 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
             reset_port: RESET_PORT,
             reset_value: RESET_VALUE,
             serial: Some((COM1_PORT, COM1_IRQ)),
-            pci: None,
-            dmar: None,
+            pci: Some(PciHostConfig {
+                ecam: EcamConfig {
+                    base: PCIE_ECAM_START,
+                    start_bus: 0,
+                    end_bus: PCIE_ECAM_END_BUS,
+                },
+                mmio32_base: PCI_MMIO_START as u32,
+                mmio32_size: (PCI_MMIO_END - PCI_MMIO_START) as u32,
+            }),
+            dmar: (config.iommu == IommuKind::Intel).then_some(DmarConfig {
+                register_base: VTD_ADDR,
+                host_address_width: VTD_HOST_ADDRESS_WIDTH,
+                ioapic_id: IOAPIC_ID,
+                ioapic_bdf: platform::IOAPIC_SOURCE_ID,
+            }),
         },
         ACPI_START,
         ACPI_END,
@@ -557,37 +602,8 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     // Interrupts and devices.
     let exit = Arc::new(ExitState::default());
     let handler: Arc<dyn VmExitHandler> = exit.clone();
-    let routes = Arc::new(RouteTable::new(vm.clone()));
-    let policy = TranslationPolicy {
-        ext_dest_id: config.ext_dest_id,
-    };
-    let ioapic = Arc::new(Mutex::new(IoApic::new(
-        IOAPIC_ID,
-        Arc::new(IoApicRoutes::new(routes, policy)),
-    )));
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        output,
-        IoApicPinTrigger::new(ioapic.clone(), usize::from(COM1_IRQ)),
-    )));
-    let mut pio = Bus::new("pio");
-    let mut mmio = Bus::new("mmio");
-    pio.insert(u64::from(COM1_PORT), COM1_PORT_COUNT, serial.clone())?;
-    pio.insert(
-        u64::from(DEBUG_EXIT_PORT),
-        DEBUG_EXIT_PORT_COUNT,
-        Arc::new(Mutex::new(DebugExit::new(handler.clone()))),
-    )?;
-    pio.insert(
-        u64::from(ACPI_PM_PORT),
-        ACPI_PM_PORT_COUNT,
-        Arc::new(Mutex::new(AcpiPmControl::new(handler.clone()))),
-    )?;
-    pio.insert(
-        u64::from(RESET_PORT),
-        1,
-        Arc::new(Mutex::new(ResetControl::new(handler))),
-    )?;
-    mmio.insert(IOAPIC_ADDR, IOAPIC_SIZE, ioapic.clone())?;
+    let platform = platform::build(vm.clone(), &mem, config, output, handler)?;
+    let serial = platform.serial.clone();
 
     // vCPUs: all created (and the BSP's registers set) before any runs.
     let mut vcpus = Vec::with_capacity(apic_ids.len());
@@ -636,10 +652,20 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
         });
     }
 
+    let router = platform.router.clone();
+    let ioapic = platform.ioapic.clone();
     let ctx = Arc::new(VcpuContext {
-        pio,
-        mmio,
-        ioapic,
+        pio: platform.pio,
+        mmio: platform.mmio,
+        ioapic_eoi: Box::new(move |vector| {
+            // Routes hold the translated vector; with remapping it differs from the RTE's.
+            for pin in router.level_pins_with_vector(IOAPIC_PINS as u32, vector) {
+                match ioapic.lock() {
+                    Ok(mut io) => io.end_of_interrupt_pin(pin as usize),
+                    Err(_) => log::error!("IOAPIC lock poisoned"),
+                }
+            }
+        }),
         exit: exit.clone(),
         mem,
     });

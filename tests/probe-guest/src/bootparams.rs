@@ -3,10 +3,17 @@
 //! whichever protocol started the probe (see [`crate::entry`]).
 //!
 //! Fields read (arch/x86/include/uapi/asm/bootparam.h, Documentation/arch/x86/zero-page.rst):
-//! `acpi_rsdp_addr` u64 @0x070, `ext_cmd_line_ptr` u32 @0x0c8 (bits 63:32 of the command line
+//! `acpi_rsdp_addr` u64 @0x070, `ext_ramdisk_image` u32 @0x0c0 and `ext_ramdisk_size` u32
+//! @0x0c4 (bits 63:32), `ext_cmd_line_ptr` u32 @0x0c8 (bits 63:32 of the command line
 //! address), `e820_entries` u8 @0x1e8, the setup header from 0x1f1 (magic "HdrS" @0x202,
-//! `version` u16 @0x206, `cmd_line_ptr` u32 @0x228), `e820_table` @0x2d0: up to 128 entries of
-//! 20 bytes (addr u64, size u64, type u32).
+//! `version` u16 @0x206, `ramdisk_image` u32 @0x218, `ramdisk_size` u32 @0x21c, `cmd_line_ptr`
+//! u32 @0x228), `e820_table` @0x2d0: up to 128 entries of 20 bytes (addr u64, size u64,
+//! type u32).
+//!
+//! The probe has no use for an initrd, but a loader must keep one out of the memory the image
+//! occupies at run time (`init_size` from the load address: the probe's `.bss`, stacks and
+//! page tables): the conversion fails when the initrd overlaps it, since the entry code has
+//! already overwritten that part of it.
 //!
 //! The synthesized structure is version 1 with the memory map converted to PVH's 24-byte
 //! entries; it lives in `.bss`, inside the probe's image, so nothing the probe later writes
@@ -23,6 +30,14 @@ use crate::text;
 const BOOT_PARAMS_SIZE: usize = 4096;
 /// Offset of `acpi_rsdp_addr`.
 const ACPI_RSDP_ADDR: usize = 0x070;
+/// Offset of `ext_ramdisk_image`.
+const EXT_RAMDISK_IMAGE: usize = 0x0c0;
+/// Offset of `ext_ramdisk_size`.
+const EXT_RAMDISK_SIZE: usize = 0x0c4;
+/// Offset of `hdr.ramdisk_image`.
+const HDR_RAMDISK_IMAGE: usize = 0x218;
+/// Offset of `hdr.ramdisk_size`.
+const HDR_RAMDISK_SIZE: usize = 0x21c;
 /// Offset of `ext_cmd_line_ptr`.
 const EXT_CMD_LINE_PTR: usize = 0x0c8;
 /// Offset of `e820_entries`.
@@ -104,6 +119,13 @@ static SYNTHESIZED: SynthesizedCell = SynthesizedCell(UnsafeCell::new(Synthesize
     }; E820_MAX],
 }));
 
+extern "C" {
+    /// First byte of the image (link.ld).
+    static __image_start: u8;
+    /// End of the image at run time: `.bss`, stacks (link.ld).
+    static __image_end: u8;
+}
+
 /// What was taken from a `boot_params`, for the entry line.
 #[derive(Clone, Copy, Debug)]
 pub struct Converted {
@@ -113,6 +135,13 @@ pub struct Converted {
     pub protocol: u16,
     /// E820 entries copied.
     pub e820_entries: u32,
+    /// The initrd the loader passed: (address, size), size 0 for none.
+    pub ramdisk: (u64, u64),
+}
+
+/// A 64-bit field split into a low u32 at `low` and a high u32 at `high`.
+fn split_u64(bp: &[u8], low: usize, high: usize) -> Option<u64> {
+    Some((u64::from(u32_at(bp, high)?) << 32) | u64::from(u32_at(bp, low)?))
 }
 
 /// Reads the `boot_params` at `addr` and writes the equivalent `hvm_start_info` into the
@@ -133,12 +162,27 @@ pub fn start_info_from(addr: u64) -> Result<Converted, Text> {
     }
     let protocol = u16_at(bp, HDR_VERSION).ok_or_else(|| field("version"))?;
     let cmdline = if protocol >= CMD_LINE_PTR_PROTOCOL {
-        let low = u32_at(bp, HDR_CMD_LINE_PTR).ok_or_else(|| field("cmd_line_ptr"))?;
-        let high = u32_at(bp, EXT_CMD_LINE_PTR).ok_or_else(|| field("ext_cmd_line_ptr"))?;
-        (u64::from(high) << 32) | u64::from(low)
+        split_u64(bp, HDR_CMD_LINE_PTR, EXT_CMD_LINE_PTR).ok_or_else(|| field("cmd_line_ptr"))?
     } else {
         0
     };
+    let ramdisk_image = split_u64(bp, HDR_RAMDISK_IMAGE, EXT_RAMDISK_IMAGE)
+        .ok_or_else(|| field("ramdisk_image"))?;
+    let ramdisk_size =
+        split_u64(bp, HDR_RAMDISK_SIZE, EXT_RAMDISK_SIZE).ok_or_else(|| field("ramdisk_size"))?;
+    let image = (&raw const __image_start) as u64..(&raw const __image_end) as u64;
+    if ramdisk_size != 0
+        && ramdisk_image < image.end
+        && image.start < ramdisk_image.saturating_add(ramdisk_size)
+    {
+        return Err(text!(
+            "the loader put the initrd (0x{:x}, {} bytes) inside the image's run-time memory 0x{:x}..0x{:x} (load address + init_size)",
+            ramdisk_image,
+            ramdisk_size,
+            image.start,
+            image.end
+        ));
+    }
     let rsdp = u64_at(bp, ACPI_RSDP_ADDR).ok_or_else(|| field("acpi_rsdp_addr"))?;
     let declared = u8_at(bp, E820_ENTRIES).ok_or_else(|| field("e820_entries"))?;
     if usize::from(declared) > E820_MAX {
@@ -184,5 +228,6 @@ pub fn start_info_from(addr: u64) -> Result<Converted, Text> {
         start_info,
         protocol,
         e820_entries: u32::from(declared),
+        ramdisk: (ramdisk_image, ramdisk_size),
     })
 }

@@ -62,12 +62,14 @@ pub extern "C" fn probe_main(info_addr: u64, entry_raw: u64) -> ! {
         Some(entry) => match bootparams::start_info_from(info_addr) {
             Ok(c) => {
                 sprintln!(
-                    "probe: entry={} boot_params=0x{:x} protocol={}.{:02} e820_entries={}",
+                    "probe: entry={} boot_params=0x{:x} protocol={}.{:02} e820_entries={} initrd=0x{:x}+0x{:x}",
                     entry.name(),
                     info_addr,
                     c.protocol >> 8,
                     c.protocol & 0xff,
-                    c.e820_entries
+                    c.e820_entries,
+                    c.ramdisk.0,
+                    c.ramdisk.1
                 );
                 c.start_info
             }

@@ -132,6 +132,17 @@ pub fn finish(name: &str, outcome: Outcome) -> ! {
     exit(if outcome.is_ok() { 0 } else { 1 })
 }
 
+/// Prints the `PROBE PASS` line of the current scenario (see [`set_current`]) without ending
+/// the run, for scenarios whose success is the VMM ending the VM (power-off, reset, triple
+/// fault): the PASS line comes first, then the action. If the probe is still running after
+/// the action, the scenario returns `Err` and [`finish`] prints `PROBE FAIL`, which is then
+/// the last line.
+pub fn announce_pass(details: &Text) {
+    let mut buf = [0u8; MAX_NAME];
+    let name = current(&mut buf);
+    sprintln!("PROBE PASS {} {}", name, details);
+}
+
 /// Fails the current scenario (see [`set_current`]) with `reason` and halts.
 pub fn fail_now(reason: Text) -> ! {
     let mut buf = [0u8; MAX_NAME];

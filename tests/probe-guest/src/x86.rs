@@ -30,6 +30,30 @@ pub unsafe fn inb(port: u16) -> u8 {
     value
 }
 
+/// Writes a 16-bit value to an I/O port.
+///
+/// # Safety
+/// As for [`outb`].
+pub unsafe fn outw(port: u16, value: u16) {
+    // SAFETY: the caller vouches for the side effects; the instruction touches no memory.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Reads a 16-bit value from an I/O port.
+///
+/// # Safety
+/// As for [`inb`].
+pub unsafe fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: the caller vouches for the side effects; the instruction touches no memory.
+    unsafe {
+        asm!("in ax, dx", out("ax") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    }
+    value
+}
+
 /// Writes a 32-bit value to an I/O port.
 ///
 /// # Safety

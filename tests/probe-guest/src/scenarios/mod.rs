@@ -11,7 +11,11 @@ mod boot;
 mod fault;
 mod ioapic_extdest;
 mod ipi;
+mod platform;
+mod poweroff;
+mod reset;
 mod smp;
+mod triple_fault;
 
 use crate::pvh::StartInfo;
 use crate::report::Outcome;
@@ -60,6 +64,21 @@ pub static ALL: &[Scenario] = &[
         name: "ioapic-extdest",
         summary: "COM1's IOAPIC pin to the highest APIC ID (> 255) via the extended destination ID",
         run: ioapic_extdest::run,
+    },
+    Scenario {
+        name: "poweroff",
+        summary: "ACPI S5 through the FADT (SLEEP_CONTROL_REG or PM1a_CNT with _S5_): the VMM must power off",
+        run: poweroff::run,
+    },
+    Scenario {
+        name: "reset",
+        summary: "reset through the FADT RESET_REG (else port 0xcf9): the VMM must reset or exit",
+        run: reset::run,
+    },
+    Scenario {
+        name: "triple-fault",
+        summary: "ud2 with an empty IDT: the VMM must report a triple fault",
+        run: triple_fault::run,
     },
 ];
 

@@ -1,0 +1,184 @@
+//! The platform's devices and buses: COM1, the userspace IOAPIC, power and reset controls,
+//! the debug-exit port, PCI (host bridge, config mechanisms, ECAM, BAR windows and the
+//! user's devices) and, with `--iommu intel`, the VT-d unit, all wired to one interrupt
+//! router.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use devices::pci::{
+    BarSpace, EduDevice, PciAddress, PciBarWindow, PciConfigAddressPort, PciConfigDataPort,
+    PciEcam, PciRoot, PciWindow, SharedPciFunction,
+};
+use devices::serial::{IoApicPinTrigger, SerialDevice};
+use devices::{AcpiPmControl, DebugExit, IoApic, ResetControl, VmExitHandler};
+use kvm_ioctls::VmFd;
+use virtual_iommu::{SourceId, VtdConfig};
+use vm_memory::GuestMemoryMmap;
+
+use crate::bus::Bus;
+use crate::interrupts::{IoApicPins, PciVectors, TranslationPolicy};
+use crate::iommu::{Iommu, VtdMmio};
+use crate::layout::*;
+use crate::router::InterruptRouter;
+use crate::vm::{Error, IommuKind, PciDeviceKind, VmConfig};
+
+/// The IOAPIC's requester ID: bus 0xff, device 0, function 0, as the DMAR names it.
+pub const IOAPIC_SOURCE_ID: (u8, u8, u8) = (0xff, 0, 0);
+/// Vectors of the MSI-X test device.
+const EDU_MSIX_VECTORS: u32 = 256;
+/// Vectors of the MSI test device.
+const EDU_MSI_VECTORS: u32 = 1;
+
+/// The wired platform.
+pub struct Platform {
+    /// Port-I/O bus.
+    pub pio: Bus,
+    /// MMIO bus.
+    pub mmio: Bus,
+    /// The userspace IOAPIC.
+    pub ioapic: Arc<Mutex<IoApic>>,
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The interrupt router.
+    pub router: Arc<InterruptRouter<VmFd>>,
+}
+
+fn pci_error(e: devices::pci::PciError) -> Error {
+    Error::Platform(format!("PCI: {e}"))
+}
+
+fn add_pci_devices(
+    root: &mut PciRoot,
+    router: &Arc<InterruptRouter<VmFd>>,
+    kinds: &[PciDeviceKind],
+) -> Result<(), Error> {
+    for kind in kinds {
+        let dev = root.free_device().ok_or_else(|| {
+            Error::usage(
+                "--device",
+                "no free PCI device slot on bus 0 (at most 31 devices)",
+            )
+        })?;
+        let address = PciAddress::new(0, dev, 0).map_err(pci_error)?;
+        let vectors = match kind {
+            PciDeviceKind::Edu => EDU_MSI_VECTORS,
+            PciDeviceKind::EduMsix => EDU_MSIX_VECTORS,
+        };
+        let gsis = router
+            .allocate(vectors)
+            .map_err(|e| Error::usage("--device", e.to_string()))?;
+        let sink = Arc::new(PciVectors::new(router.clone(), address.source_id(), gsis));
+        let function: SharedPciFunction = match kind {
+            PciDeviceKind::Edu => Arc::new(Mutex::new(EduDevice::new(sink).map_err(pci_error)?)),
+            PciDeviceKind::EduMsix => {
+                Arc::new(Mutex::new(EduDevice::new_msix(sink).map_err(pci_error)?))
+            }
+        };
+        root.add_function(address, function).map_err(pci_error)?;
+        log::info!("PCI {address}: {kind:?}");
+    }
+    root.assign_bars(PciWindow::MMIO32, Some(PciWindow::IO))
+        .map_err(pci_error)?;
+    Ok(())
+}
+
+/// Builds every device and both buses.
+pub fn build(
+    vm: Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    output: Box<dyn Write + Send>,
+    handler: Arc<dyn VmExitHandler>,
+) -> Result<Platform, Error> {
+    let policy = TranslationPolicy {
+        ext_dest_id: config.ext_dest_id,
+    };
+    let iommu = match config.iommu {
+        IommuKind::None => None,
+        IommuKind::Intel => Some(Arc::new(Iommu::new(VtdConfig::default(), mem.clone()))),
+    };
+    let router = Arc::new(InterruptRouter::new(
+        vm,
+        policy,
+        iommu.clone(),
+        IOAPIC_PINS as u32,
+    ));
+    let (b, d, f) = IOAPIC_SOURCE_ID;
+    let pins = Arc::new(IoApicPins::new(router.clone(), SourceId::new(b, d, f)));
+    let ioapic = Arc::new(Mutex::new(IoApic::new(IOAPIC_ID, pins)));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        output,
+        IoApicPinTrigger::new(ioapic.clone(), usize::from(COM1_IRQ)),
+    )));
+
+    let mut pio = Bus::new("pio");
+    let mut mmio = Bus::new("mmio");
+    pio.insert(u64::from(COM1_PORT), COM1_PORT_COUNT, serial.clone())?;
+    pio.insert(
+        u64::from(DEBUG_EXIT_PORT),
+        DEBUG_EXIT_PORT_COUNT,
+        Arc::new(Mutex::new(DebugExit::new(handler.clone()))),
+    )?;
+    pio.insert(
+        u64::from(ACPI_PM_PORT),
+        ACPI_PM_PORT_COUNT,
+        Arc::new(Mutex::new(AcpiPmControl::new(handler.clone()))),
+    )?;
+    pio.insert(
+        u64::from(RESET_PORT),
+        1,
+        Arc::new(Mutex::new(ResetControl::new(handler))),
+    )?;
+    mmio.insert(IOAPIC_ADDR, IOAPIC_SIZE, ioapic.clone())?;
+    if let Some(iommu) = iommu {
+        mmio.insert(
+            VTD_ADDR,
+            VTD_SIZE,
+            Arc::new(Mutex::new(VtdMmio::new(iommu, Arc::downgrade(&router)))),
+        )?;
+    }
+
+    let mut root = PciRoot::new();
+    add_pci_devices(&mut root, &router, &config.devices)?;
+    let root = Arc::new(Mutex::new(root));
+    let address_port = PciConfigAddressPort::new();
+    let data_port = PciConfigDataPort::new(root.clone(), &address_port);
+    pio.insert(
+        PCI_CONFIG_ADDRESS_PORT,
+        1,
+        Arc::new(Mutex::new(address_port)),
+    )?;
+    pio.insert(
+        PCI_CONFIG_DATA_PORT,
+        PCI_CONFIG_DATA_PORT_COUNT,
+        Arc::new(Mutex::new(data_port)),
+    )?;
+    mmio.insert(
+        PCIE_ECAM_START,
+        PCIE_ECAM_SIZE,
+        Arc::new(Mutex::new(PciEcam::new(root.clone()))),
+    )?;
+    mmio.insert(
+        PciWindow::MMIO32.base,
+        PciWindow::MMIO32.size,
+        Arc::new(Mutex::new(PciBarWindow::new(
+            root.clone(),
+            BarSpace::Memory,
+            PciWindow::MMIO32.base,
+        ))),
+    )?;
+    let io = PciWindow::IO;
+    pio.insert(
+        io.base,
+        io.size,
+        Arc::new(Mutex::new(PciBarWindow::new(root, BarSpace::Io, io.base))),
+    )?;
+    Ok(Platform {
+        pio,
+        mmio,
+        ioapic,
+        serial,
+        router,
+    })
+}
