@@ -241,3 +241,41 @@ fn bad_apic_mode() {
     let k = some_kernel();
     refused(&["--kernel", s(&k), "--apic-mode", "x3apic"], "--apic-mode");
 }
+
+#[test]
+fn high_apic_ids_need_remapping_or_ext_dest() {
+    if let Err(why) = kvm_available() {
+        return skip("high_apic_ids_need_remapping_or_ext_dest", &why);
+    }
+    let k = some_kernel();
+    let l = refused(
+        &["--kernel", s(&k), "--cpus", "288", "--ext-dest-id", "off"],
+        "--cpus",
+    );
+    assert!(l.contains("--iommu intel"), "{l}");
+}
+
+#[test]
+fn unknown_device() {
+    let k = some_kernel();
+    refused(&["--kernel", s(&k), "--device", "gpu"], "--device");
+}
+
+#[test]
+fn unknown_iommu() {
+    let k = some_kernel();
+    refused(&["--kernel", s(&k), "--iommu", "amd"], "--iommu");
+}
+
+#[test]
+fn initramfs_that_does_not_fit() {
+    if let Err(why) = kvm_available() {
+        return skip("initramfs_that_does_not_fit", &why);
+    }
+    let k = some_kernel();
+    let big = scratch("big-initrd", &vec![0u8; 40 << 20]);
+    refused(
+        &["--kernel", s(&k), "--initramfs", s(&big), "--memory", "32M"],
+        "--initramfs",
+    );
+}

@@ -137,3 +137,49 @@ fn linux_288_vcpus_come_up_in_x2apic_mode() {
         run.dump()
     );
 }
+
+#[test]
+fn linux_288_vcpus_enable_interrupt_remapping_in_x2apic_mode() {
+    let test = "linux_288_vcpus_enable_interrupt_remapping_in_x2apic_mode";
+    if let Err(why) = kvm_available() {
+        return skip(test, &why);
+    }
+    let kernel = match asset("vmlinux") {
+        Ok(p) => p,
+        Err(why) => return skip(test, &why),
+    };
+    const ENABLED: &str = "DMAR-IR: Enabled IRQ remapping in x2apic mode";
+    let done = |lines: &[String]| lines.iter().any(|l| l.contains(ENABLED));
+    let args = [
+        "--kernel",
+        kernel.to_str().expect("utf-8 path"),
+        "--cpu-features",
+        CPU_FEATURES,
+        "--cmdline",
+        CMDLINE,
+        "--cpus",
+        "288",
+        "--memory",
+        "256M",
+        "--iommu",
+        "intel",
+    ];
+    let run = run_guest(&args, Duration::from_secs(1200), Some(&done));
+    assert!(run.saw("ACPI: DMAR"), "{}", run.dump());
+    assert!(
+        run.saw("DMAR-IR: IOAPIC id 0 under DRHD base"),
+        "{}",
+        run.dump()
+    );
+    assert!(run.saw(ENABLED), "{}", run.dump());
+    let faults: Vec<&String> = run
+        .lines
+        .iter()
+        .filter(|l| l.contains("DMAR") && l.to_ascii_lowercase().contains("fault"))
+        .collect();
+    assert!(
+        faults.is_empty(),
+        "DMAR fault lines: {faults:?}\n{}",
+        run.dump()
+    );
+}

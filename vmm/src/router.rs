@@ -257,3 +257,252 @@ impl<B: InterruptBackend> InterruptRouter<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iommu::VtdMmio;
+    use crate::routes::RouteError;
+    use devices::BusDevice;
+    use kvm_bindings::kvm_irq_routing_entry;
+    use virtual_iommu::msi::DeliveryMode;
+    use virtual_iommu::vtd::irte::build;
+    use virtual_iommu::vtd::regs::{
+        FECTL_REG, FSTS_PPF, FSTS_REG, GCMD_IRE, GCMD_REG, GCMD_SIRTP, GSTS_REG, IRTA_EIME,
+        IRTA_REG,
+    };
+    use virtual_iommu::VtdConfig;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    /// Records what the router asks of KVM.
+    #[derive(Default)]
+    struct Kvm {
+        commits: Mutex<Vec<usize>>,
+        lines: Mutex<Vec<u32>>,
+        msis: Mutex<Vec<MsiMessage>>,
+    }
+
+    impl RoutingBackend for Kvm {
+        fn set_routes(&self, entries: &[kvm_irq_routing_entry]) -> Result<(), RouteError> {
+            self.commits.lock().unwrap().push(entries.len());
+            Ok(())
+        }
+    }
+    impl IrqLine for Kvm {
+        fn set_irq_line(&self, gsi: u32, _level: bool) -> Result<(), kvm_ioctls::Error> {
+            self.lines.lock().unwrap().push(gsi);
+            Ok(())
+        }
+    }
+    impl MsiSignal for Kvm {
+        fn signal_msi(&self, msg: MsiMessage) -> Result<(), kvm_ioctls::Error> {
+            self.msis.lock().unwrap().push(msg);
+            Ok(())
+        }
+    }
+
+    const IRT: u64 = 0x10000;
+    /// IRTA size field: 2^(7+1) = 256 entries.
+    const IRT_SIZE_FIELD: u64 = 7;
+    const SID: SourceId = SourceId(0x0008);
+
+    /// A remappable-format MSI naming IRTE `handle` (no subhandle).
+    fn remappable(handle: u16) -> MsiMessage {
+        MsiMessage {
+            address_lo: 0xfee0_0000
+                | (u32::from(handle & 0x7fff) << 5)
+                | (1 << 4)
+                | (u32::from(handle >> 15) << 2),
+            address_hi: 0,
+            data: 0,
+        }
+    }
+
+    struct Rig {
+        kvm: Arc<Kvm>,
+        mem: GuestMemoryMmap,
+        router: Arc<InterruptRouter<Kvm>>,
+        mmio: VtdMmio<Kvm>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+            let iommu = Arc::new(Iommu::new(VtdConfig::default(), mem.clone()));
+            let kvm = Arc::new(Kvm::default());
+            let router = Arc::new(InterruptRouter::new(
+                kvm.clone(),
+                TranslationPolicy::default(),
+                Some(iommu.clone()),
+                24,
+            ));
+            let mmio = VtdMmio::new(iommu, Arc::downgrade(&router));
+            Rig {
+                kvm,
+                mem,
+                router,
+                mmio,
+            }
+        }
+
+        fn write_irte(&self, index: u64, dest: u32, vector: u8) {
+            let e = build::remapped(vector, dest, true, DeliveryMode::Fixed, false, false);
+            self.mem
+                .write_slice(&e.to_bytes(), GuestAddress(IRT + 16 * index))
+                .unwrap();
+        }
+
+        fn gcmd(&mut self, bit: u32) {
+            let mut gsts = [0u8; 4];
+            self.mmio.read(GSTS_REG, &mut gsts);
+            let v = u32::from_le_bytes(gsts) | bit;
+            self.mmio.write(GCMD_REG, &v.to_le_bytes());
+        }
+
+        /// Enables remapping in x2APIC mode as Linux does (table, SIRTP, IRE).
+        fn enable_ir(&mut self) {
+            self.mmio
+                .write(IRTA_REG, &(IRT | IRTA_EIME | IRT_SIZE_FIELD).to_le_bytes());
+            self.gcmd(GCMD_SIRTP);
+            self.gcmd(GCMD_IRE);
+        }
+
+        fn commits(&self) -> usize {
+            self.kvm.commits.lock().unwrap().len()
+        }
+    }
+
+    #[test]
+    fn index_selective_invalidation_retranslates_only_covered_routes() {
+        let mut rig = Rig::new();
+        let n = 64u32;
+        for i in 0..n {
+            rig.write_irte(u64::from(i), 300 + i, 0x40);
+        }
+        rig.enable_ir();
+        let gsis = rig.router.allocate(n).unwrap();
+        let changes: Vec<_> = gsis
+            .clone()
+            .map(|g| (g, SID, Some(remappable((g - gsis.start) as u16))))
+            .collect();
+        rig.router.set_sources(&changes).unwrap();
+        assert_eq!(rig.router.route(gsis.start + 5).unwrap().destination(), 305);
+        let before = rig.router.stats();
+        let commits = rig.commits();
+
+        // The guest rewrites IRTE 5: nothing changes until it invalidates.
+        rig.write_irte(5, 1000, 0x41);
+        assert_eq!(rig.router.route(gsis.start + 5).unwrap().destination(), 305);
+        let effects = Effects {
+            iec: vec![virtual_iommu::IecInvalidation::Range { start: 5, count: 1 }],
+            ..Effects::default()
+        };
+        rig.router.apply(&effects).unwrap();
+        let after = rig.router.stats();
+        assert_eq!(
+            after.translations - before.translations,
+            1,
+            "only the covered route is re-translated"
+        );
+        assert_eq!(
+            rig.commits(),
+            commits + 1,
+            "one KVM_SET_GSI_ROUTING per invalidation"
+        );
+        let r = rig.router.route(gsis.start + 5).unwrap();
+        assert_eq!((r.destination(), r.vector()), (1000, 0x41));
+        assert_eq!(rig.router.route(gsis.start + 6).unwrap().destination(), 306);
+
+        // A global invalidation re-translates every route; unchanged routes cost no commit.
+        let global = Effects {
+            iec: vec![virtual_iommu::IecInvalidation::Global],
+            ..Effects::default()
+        };
+        rig.router.apply(&global).unwrap();
+        assert_eq!(
+            rig.router.stats().translations - after.translations,
+            u64::from(n)
+        );
+        assert_eq!(rig.commits(), commits + 1);
+        // With two IRTEs rewritten, a global invalidation commits both in one call.
+        rig.write_irte(7, 2000, 0x42);
+        rig.write_irte(9, 2001, 0x42);
+        rig.router.apply(&global).unwrap();
+        assert_eq!(rig.commits(), commits + 2);
+        assert_eq!(
+            rig.router.route(gsis.start + 9).unwrap().destination(),
+            2001
+        );
+    }
+
+    #[test]
+    fn blocked_source_records_fault_when_it_fires() {
+        let mut rig = Rig::new();
+        rig.enable_ir();
+        // Unmask the fault event interrupt (FECTL.IM clear).
+        rig.mmio.write(FECTL_REG, &0u32.to_le_bytes());
+        let gsi = rig.router.allocate(1).unwrap().start;
+        // IRTE 9 is not present.
+        rig.router
+            .set_sources(&[(gsi, SID, Some(remappable(9)))])
+            .unwrap();
+        assert_eq!(rig.router.route(gsi), None);
+        rig.router.trigger(gsi);
+        assert!(
+            rig.kvm.lines.lock().unwrap().is_empty(),
+            "a blocked interrupt must not reach KVM"
+        );
+        let mut fsts = [0u8; 4];
+        rig.mmio.read(FSTS_REG, &mut fsts);
+        assert_ne!(u32::from_le_bytes(fsts) & FSTS_PPF, 0, "fault recorded");
+        assert_eq!(
+            rig.kvm.msis.lock().unwrap().len(),
+            1,
+            "fault event interrupt sent"
+        );
+
+        // The guest fills IRTE 9 and invalidates it: the route appears, delivery works.
+        rig.write_irte(9, 7, 0x50);
+        let effects = Effects {
+            iec: vec![virtual_iommu::IecInvalidation::Range { start: 8, count: 2 }],
+            ..Effects::default()
+        };
+        rig.router.apply(&effects).unwrap();
+        assert_eq!(rig.router.route(gsi).unwrap().destination(), 7);
+        rig.router.trigger(gsi);
+        assert_eq!(*rig.kvm.lines.lock().unwrap(), vec![gsi]);
+    }
+
+    #[test]
+    fn enabling_remapping_retranslates_existing_sources() {
+        let mut rig = Rig::new();
+        let gsi = rig.router.allocate(1).unwrap().start;
+        rig.write_irte(3, 290, 0x33);
+        rig.router
+            .set_sources(&[(gsi, SID, Some(remappable(3)))])
+            .unwrap();
+        // Remapping off: a remappable message passes through untranslated, so no route.
+        assert_eq!(rig.router.route(gsi), None);
+        rig.enable_ir();
+        assert_eq!(rig.router.route(gsi).unwrap().destination(), 290);
+    }
+
+    #[test]
+    fn without_iommu_the_policy_applies_and_gsis_run_out_cleanly() {
+        let kvm = Arc::new(Kvm::default());
+        let router = InterruptRouter::new(kvm, TranslationPolicy { ext_dest_id: true }, None, 24);
+        let gsi = router.allocate(1).unwrap().start;
+        assert_eq!(gsi, 24);
+        let raw = MsiMessage {
+            address_lo: 0xfee0_0000 | (0x20 << 12) | (0x2 << 5),
+            address_hi: 0,
+            data: 0x45,
+        };
+        router.set_sources(&[(gsi, SID, Some(raw))]).unwrap();
+        assert_eq!(router.route(gsi).unwrap().destination(), 0x220);
+        assert!(matches!(
+            router.allocate(MAX_GSI),
+            Err(RouterError::Exhausted(_))
+        ));
+    }
+}

@@ -17,6 +17,8 @@ use crate::layout::{CMDLINE_MAX_SIZE, ZERO_PAGE_ADDR};
 const MIN_PROTOCOL: u16 = 0x020c;
 /// Protocol that introduced `cmdline_size`: 2.06.
 const CMDLINE_SIZE_PROTOCOL: u16 = 0x0206;
+/// Protocol that introduced `init_size`: 2.10.
+const INIT_SIZE_PROTOCOL: u16 = 0x020a;
 /// `cmdline_size` default before 2.06.
 const LEGACY_CMDLINE_SIZE: usize = 255;
 /// `xloadflags`: the kernel has the 64-bit entry at load address + 0x200.
@@ -90,7 +92,18 @@ pub(super) fn load(
         let max = u64::from(hdr.initrd_addr_max)
             .saturating_add(1)
             .min(low_end);
-        let (addr, size) = load_initramfs(mem, initrd, loaded.kernel_end, max)?;
+        // The kernel uses init_size bytes from its load address while it runs (a
+        // compressed kernel decompresses into them): the initramfs must stay above.
+        let runtime_end = if version >= INIT_SIZE_PROTOCOL {
+            loaded
+                .kernel_load
+                .0
+                .saturating_add(u64::from(hdr.init_size))
+        } else {
+            0
+        };
+        let lowest = loaded.kernel_end.max(runtime_end);
+        let (addr, size) = load_initramfs(mem, initrd, lowest, max)?;
         params.0.hdr.ramdisk_image = addr as u32;
         params.0.hdr.ramdisk_size = size as u32;
     }
