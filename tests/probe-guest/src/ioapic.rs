@@ -49,6 +49,8 @@ const INTI_TRIGGER_LEVEL: u16 = 0b11 << 2;
 /// One I/O APIC from the MADT.
 #[derive(Clone, Copy, Debug)]
 pub struct IoApic {
+    /// I/O APIC ID from the MADT (the DMAR names it by this ID).
+    pub id: u8,
     /// MMIO base.
     pub base: u64,
     /// Number of pins.
@@ -91,12 +93,12 @@ impl IoApic {
     /// The I/O APIC whose pins include `gsi`.
     pub fn for_gsi(madt: &Madt<'_>, gsi: u32) -> Result<(IoApic, u32), Text> {
         for entry in madt.entries() {
-            if let Entry::IoApic { addr, gsi_base, .. } = entry? {
+            if let Entry::IoApic { id, addr, gsi_base } = entry? {
                 let base = u64::from(addr);
                 if !phys::is_mapped(base, MMIO_SIZE) {
                     return Err(text!("IOAPIC at 0x{:x} is not mapped", base));
                 }
-                let mut io = IoApic { base, pins: 0 };
+                let mut io = IoApic { id, base, pins: 0 };
                 io.pins = ((io.read(REG_VERSION) >> VERSION_MAX_REDIR_SHIFT) & 0xff) + 1;
                 if let Some(pin) = gsi.checked_sub(gsi_base).filter(|&p| p < io.pins) {
                     return Ok((io, pin));

@@ -19,6 +19,8 @@ pub const TIMER_VECTOR: u8 = 0x30;
 pub const TEST_VECTOR_A: u8 = 0x40;
 /// Second test vector (the `ioapic-extdest` scenario's IOAPIC interrupt).
 pub const TEST_VECTOR_B: u8 = 0x41;
+/// Third test vector (the VT-d fault event in `ir-faults`).
+pub const TEST_VECTOR_C: u8 = 0x42;
 /// Spurious-interrupt vector programmed in every APIC's SVR (its handler sends no EOI).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -26,7 +28,7 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 const TICK_BUS_CLOCKS: u32 = 5_000_000;
 
 /// Vectors with an entry stub (the order of `probe_irq_stubs` below).
-const STUB_VECTORS: [u8; 3] = [TIMER_VECTOR, TEST_VECTOR_A, TEST_VECTOR_B];
+const STUB_VECTORS: [u8; 4] = [TIMER_VECTOR, TEST_VECTOR_A, TEST_VECTOR_B, TEST_VECTOR_C];
 
 /// A handler runs on the interrupted CPU with interrupts disabled; EOI follows it.
 pub type Handler = fn();
@@ -149,6 +151,7 @@ probe_irq_\v:
     PROBE_IRQ {timer}
     PROBE_IRQ {a}
     PROBE_IRQ {b}
+    PROBE_IRQ {c}
 
     .p2align 4
     .global probe_irq_spurious
@@ -163,10 +166,12 @@ probe_irq_stubs:
     .quad probe_irq_{timer}
     .quad probe_irq_{a}
     .quad probe_irq_{b}
+    .quad probe_irq_{c}
     .popsection
 "#,
     timer = const TIMER_VECTOR,
     a = const TEST_VECTOR_A,
     b = const TEST_VECTOR_B,
+    c = const TEST_VECTOR_C,
     options(att_syntax)
 );

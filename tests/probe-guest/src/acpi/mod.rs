@@ -3,6 +3,7 @@
 //! Everything read here comes from the VMM or firmware; malformed data becomes an `Err`
 //! reason for the scenario's `PROBE FAIL` line, never a panic.
 
+pub mod dmar;
 pub mod fadt;
 pub mod madt;
 

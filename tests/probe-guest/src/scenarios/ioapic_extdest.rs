@@ -16,6 +16,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use super::smp;
 use super::Context;
 use crate::ap::{self, ApMode, Cpu};
+use crate::clock::Clock;
 use crate::cpus::MAX_CPUS;
 use crate::ioapic::{self, IoApic};
 use crate::kvm::{self, Kvm};
@@ -52,6 +53,24 @@ fn on_uart_interrupt() {
         BSP_TOOK.fetch_add(1, Ordering::Relaxed);
     }
     TAKEN.fetch_add(1, Ordering::Release);
+}
+
+/// Makes COM1 raise its transmitter-empty interrupt (IER.THRE with OUT2) and waits until
+/// `took()` holds; if it does not within [`FIRST_WAIT_NS`], writes one byte to THR and waits
+/// [`SECOND_WAIT_NS`] more. Then watches [`SETTLE_NS`] for further interrupts and turns the
+/// UART's interrupts off again. Returns whether the byte was needed. Nothing may print while
+/// this runs; the interrupt's handler must call [`serial::disable_interrupts`].
+pub(super) fn raise_com1_interrupt(clock: &Clock, took: impl Fn() -> bool) -> bool {
+    serial::enable_thr_empty_interrupt();
+    let mut kicked = false;
+    if !irq::wait_until(clock, clock.now_ns() + FIRST_WAIT_NS, &took) {
+        kicked = true;
+        serial::kick_transmitter(b'\n');
+        irq::wait_until(clock, clock.now_ns() + SECOND_WAIT_NS, &took);
+    }
+    irq::wait_until(clock, clock.now_ns() + SETTLE_NS, || false);
+    serial::disable_interrupts();
+    kicked
 }
 
 /// Runs the scenario.
@@ -115,18 +134,9 @@ pub fn run(ctx: &Context) -> Outcome {
     }
     // No printing from here until the UART is quiet again.
     io.set_rte(pin, rte);
-    serial::enable_thr_empty_interrupt();
     let clock = &smp.clock;
-    let took = || TAKEN.load(Ordering::Acquire) > 0;
-    let mut kicked = false;
-    if !irq::wait_until(clock, clock.now_ns() + FIRST_WAIT_NS, took) {
-        kicked = true;
-        serial::kick_transmitter(b'\n');
-        irq::wait_until(clock, clock.now_ns() + SECOND_WAIT_NS, took);
-    }
-    irq::wait_until(clock, clock.now_ns() + SETTLE_NS, || false);
+    let kicked = raise_com1_interrupt(clock, || TAKEN.load(Ordering::Acquire) > 0);
     io.set_rte(pin, ioapic::RTE_MASKED | rte);
-    serial::disable_interrupts();
     irq::stop_tick();
 
     let taken = TAKEN.load(Ordering::Acquire);

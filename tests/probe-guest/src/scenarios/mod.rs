@@ -4,13 +4,19 @@
 //! `key=value ...` details of the `PROBE PASS` line, or `Err` with the `PROBE FAIL` reason.
 //! It may print progress lines of its own before returning; only the BSP prints.
 //!
-//! Planned (not yet implemented): `msi` (device MSI/MSI-X delivery), `vtd` (interrupt
-//! remapping programming and faults). Each becomes one module and one row in [`ALL`].
+//! The `ir-*` scenarios drive the platform's Intel VT-d unit (interrupt remapping, found
+//! through the DMAR) with the edu test device and the I/O APIC; their shared parts are in
+//! `ir_common`.
 
 mod boot;
 mod fault;
 mod ioapic_extdest;
 mod ipi;
+mod ir_basic;
+mod ir_common;
+mod ir_faults;
+mod ir_ioapic;
+mod ir_many;
 mod platform;
 mod poweroff;
 mod reset;
@@ -64,6 +70,26 @@ pub static ALL: &[Scenario] = &[
         name: "ioapic-extdest",
         summary: "COM1's IOAPIC pin to the highest APIC ID (> 255) via the extended destination ID",
         run: ioapic_extdest::run,
+    },
+    Scenario {
+        name: "ir-basic",
+        summary: "edu MSI remapped (x2APIC IR) to an APIC ID > 255; moves only after an IEC invalidation",
+        run: ir_basic::run,
+    },
+    Scenario {
+        name: "ir-ioapic",
+        summary: "COM1's IOAPIC pin in remappable format to an APIC ID > 255 through an IRTE",
+        run: ir_ioapic::run,
+    },
+    Scenario {
+        name: "ir-faults",
+        summary: "blocked edu MSIs record faults 0x22/0x21/0x26/0x25/0x24 with a fault event; FPD suppresses",
+        run: ir_faults::run,
+    },
+    Scenario {
+        name: "ir-many",
+        summary: "64 edu-msix vectors through 64 IRTEs to CPUs across the APIC ID range, each once",
+        run: ir_many::run,
     },
     Scenario {
         name: "poweroff",

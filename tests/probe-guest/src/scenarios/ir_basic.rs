@@ -1,0 +1,163 @@
+//! `probe=ir-basic`: a device MSI remapped to a CPU above APIC ID 255, and the interrupt
+//! entry cache's rule that an entry changes only when it is invalidated.
+//!
+//! Brings up every AP ready for [`VECTOR`] (all CPUs count receipts by APIC ID), enables
+//! queued invalidation and interrupt remapping in x2APIC mode as Linux does (65536 entries),
+//! writes IRTE [`INDEX`] (fixed delivery of [`VECTOR`] to the highest APIC ID `A`, which must
+//! be > 255; SVT = 1 with the edu device's requester ID), invalidates it, and programs the edu
+//! device's MSI with a remappable-format address (handle [`INDEX`], SHV, subhandle 0).
+//!
+//! 1. Raise: exactly one interrupt, on `A`.
+//! 2. Rewrite the entry to `B` (the lowest AP ID) without invalidating it and raise: the unit
+//!    may still use its cached entry. irvmm documents that it does (its KVM routes are the
+//!    interrupt entry cache), so there the interrupt must reach `A` again; elsewhere either
+//!    outcome is printed as an observation (QEMU reads the entry on every interrupt).
+//! 3. Invalidate just that index (IEC, index-selective, + wait) and raise: it reaches `B`.
+//!
+//! Passes with `from=A to=B index=I`.
+
+use super::ir_common::{self, Vmm, DELIVERY_TIMEOUT_NS, SETTLE_NS};
+use super::smp;
+use super::Context;
+use crate::ap::ApMode;
+use crate::clock::Clock;
+use crate::edu::{self, Edu};
+use crate::msi::Msi;
+use crate::report::{Outcome, Text};
+use crate::tally::{self, DEVICE};
+use crate::vtd::{irte, Irte, TABLE_LOG2_LINUX};
+use crate::{irq, sprintln, text};
+
+/// The vector the entry delivers.
+const VECTOR: u8 = irq::TEST_VECTOR_A;
+/// The entry the device's MSI names.
+const INDEX: u32 = 0x123;
+/// The edu interrupt-status bit the probe raises.
+const RAISE_BIT: u32 = 1;
+
+/// Makes the device send its MSI once and waits until `tally` reaches `total` receipts (or
+/// the deadline), then watches for strays; returns whether the total was reached.
+fn fire(edu: &Edu, clock: &Clock, total: u32) -> bool {
+    edu.raise(RAISE_BIT);
+    let arrived = ir_common::wait(clock, DELIVERY_TIMEOUT_NS, || DEVICE.total() >= total);
+    ir_common::settle(clock, SETTLE_NS);
+    edu.ack(RAISE_BIT);
+    arrived
+}
+
+/// Runs the scenario.
+pub fn run(ctx: &Context) -> Outcome {
+    let smp = smp::prepare(ctx)?;
+    let platform = ir_common::discover(ctx)?;
+    let edu = Edu::find(edu::EDU_DEVICE_ID)?;
+    let msi = Msi::find(edu.function)?;
+    let from = ir_common::highest_ap(&smp)?;
+    let to = smp
+        .cpus
+        .ids()
+        .iter()
+        .copied()
+        .find(|&id| id != smp.bsp_id && id != from)
+        .ok_or_else(|| text!("needs a second AP"))?;
+    let sid = edu.function.sid();
+    let clock = smp.clock;
+
+    irq::set_handler(VECTOR, tally::on_device)?;
+    // Remapping first, as Linux enables it before it starts the APs.
+    let mut vtd = ir_common::enable(&platform, clock, TABLE_LOG2_LINUX)?;
+    smp::bring_up(ctx, &smp, ApMode::Interrupts)?;
+    vtd.set_irte(INDEX, Irte::remapped(VECTOR, from).verify_sid(sid))?;
+    vtd.invalidate_entries(INDEX, 0)?;
+    let handle = index_handle(INDEX)?;
+    let address = irte::remappable_msi_address(handle, true);
+    msi.program(address, 0);
+    sprintln!(
+        "ir-basic: edu {} sid=0x{:04x} bar0=0x{:x} MSI 0x{:08x}/0 -> IRTE {} -> APIC ID {} vector 0x{:x}",
+        edu.function,
+        sid,
+        edu.bar0(),
+        address,
+        INDEX,
+        from,
+        VECTOR
+    );
+
+    // 1. Remapped to `from`.
+    if !fire(&edu, &clock, 1) {
+        return Err(text!(
+            "no interrupt within {} ms of the edu raise (edu status 0x{:x}, FSTS 0x{:x}); {}",
+            DELIVERY_TIMEOUT_NS / ir_common::NS_PER_MS,
+            edu.status(),
+            vtd.fsts(),
+            ir_common::Takers(&DEVICE)
+        ));
+    }
+    ir_common::expect_only(&DEVICE, from, 1, "first raise")?;
+
+    // 2. The entry now names `to`, but nobody told the unit.
+    vtd.set_irte(INDEX, Irte::remapped(VECTOR, to).verify_sid(sid))?;
+    let arrived = fire(&edu, &clock, 2);
+    let (at_from, at_to) = (DEVICE.hits(from), DEVICE.hits(to));
+    let cached = arrived && at_from == 2 && at_to == 0 && DEVICE.total() == 2;
+    let reread = arrived && at_from == 1 && at_to == 1 && DEVICE.total() == 2;
+    if platform.vmm == Vmm::Irvmm && !cached {
+        return Err(text!(
+            "entry rewritten without invalidation: expected the cached route to APIC ID {} \
+             again, got {} there and {} on ID {} ({} in all)",
+            from,
+            at_from,
+            at_to,
+            to,
+            DEVICE.total()
+        ));
+    }
+    if !cached && !reread {
+        return Err(unexpected(&DEVICE, "raise after the unannounced rewrite"));
+    }
+    sprintln!(
+        "ir-basic: before invalidation the interrupt went to APIC ID {} ({} on {})",
+        if cached { from } else { to },
+        if cached {
+            "the cached entry"
+        } else {
+            "observation: the rewritten entry, read without invalidation"
+        },
+        platform.vmm.name()
+    );
+
+    // 3. Invalidate just that entry: the next interrupt follows it.
+    vtd.invalidate_entries(INDEX, 0)?;
+    let expect_to = at_to + 1;
+    if !fire(&edu, &clock, 3) || DEVICE.hits(to) != expect_to || DEVICE.hits(from) != at_from {
+        return Err(text!(
+            "after the IEC invalidation of index {}: {} interrupts on APIC ID {} (expected {}), \
+             {} on {} (expected {}), {} in all",
+            INDEX,
+            DEVICE.hits(to),
+            to,
+            expect_to,
+            DEVICE.hits(from),
+            from,
+            at_from,
+            DEVICE.total()
+        ));
+    }
+    irq::stop_tick();
+    msi.disable();
+    Ok(text!("from={} to={} index={}", from, to, INDEX))
+}
+
+/// `index` as a 16-bit handle.
+pub(super) fn index_handle(index: u32) -> Result<u16, Text> {
+    u16::try_from(index).map_err(|_| text!("interrupt index {} exceeds 16 bits", index))
+}
+
+/// A failure naming the CPUs that took interrupts.
+fn unexpected(tally: &tally::Tally, what: &str) -> Text {
+    text!(
+        "{}: {} interrupts in all, {}",
+        what,
+        tally.total(),
+        ir_common::Takers(tally)
+    )
+}

@@ -1,0 +1,116 @@
+//! `probe=ir-ioapic`: an I/O APIC pin in remappable format reaches a CPU above APIC ID 255
+//! through an interrupt remapping table entry.
+//!
+//! Brings up every AP ready for [`VECTOR`], enables remapping as Linux does, writes IRTE
+//! [`INDEX`] (fixed delivery of [`VECTOR`] to the highest APIC ID, which must be > 255;
+//! SVT = 1 with the I/O APIC's source-id from its DMAR device scope, matched by MADT ID),
+//! invalidates it, and programs COM1's pin (IRQ 4 after any source override) in remappable
+//! format: bit 48 set, index 14:0 in bits 63:49, index bit 15 in bit 11 ([`INDEX`] has it
+//! set, so both parts of the handle are exercised), the vector field holding the pin number
+//! as Linux does, edge. COM1 then raises its transmitter-empty interrupt (as in
+//! `ioapic-extdest`). The pin is edge-triggered, so the handler's local x2APIC EOI ends it
+//! (Linux writes the I/O APIC's EOI register only for level pins).
+//!
+//! Passes with `apic_id=M index=I sid=0xSSSS` when exactly that CPU took exactly one.
+
+use super::ioapic_extdest::raise_com1_interrupt;
+use super::ir_common::{self, NS_PER_MS};
+use super::smp;
+use super::Context;
+use crate::ap::ApMode;
+use crate::ioapic::{self, IoApic};
+use crate::report::Outcome;
+use crate::tally::{self, DEVICE};
+use crate::vtd::{irte, Irte, TABLE_LOG2_LINUX};
+use crate::{irq, serial, sprintln, text};
+
+/// The vector the entry delivers.
+const VECTOR: u8 = irq::TEST_VECTOR_B;
+/// The entry the RTE names (bit 15 set: it travels in RTE bit 11).
+const INDEX: u32 = 0x8042;
+/// COM1's ISA IRQ.
+const COM1_IRQ: u8 = 4;
+/// RTE vector field: bits 7:0.
+const RTE_VECTOR_MASK: u64 = 0xff;
+
+/// Handler of [`VECTOR`] on every CPU: silences the UART and counts.
+fn on_uart_interrupt() {
+    serial::disable_interrupts();
+    tally::on_device();
+}
+
+/// Runs the scenario.
+pub fn run(ctx: &Context) -> Outcome {
+    let smp = smp::prepare(ctx)?;
+    let platform = ir_common::discover(ctx)?;
+    let target = ir_common::highest_ap(&smp)?;
+    let madt = smp.madt()?;
+    let route = ioapic::isa_route(&madt, COM1_IRQ)?;
+    let (io, pin) = IoApic::for_gsi(&madt, route.gsi)?;
+    let scope = platform.dmar.ioapic(io.id)?;
+    if scope.unit != platform.unit_index {
+        return Err(text!(
+            "I/O APIC {} is under DMAR unit {}, not the PCI unit {} the probe drives",
+            io.id,
+            scope.unit,
+            platform.unit_index
+        ));
+    }
+    let clock = smp.clock;
+
+    irq::set_handler(VECTOR, on_uart_interrupt)?;
+    // Remapping first, as Linux enables it before it starts the APs.
+    let mut vtd = ir_common::enable(&platform, clock, TABLE_LOG2_LINUX)?;
+    smp::bring_up(ctx, &smp, ApMode::Interrupts)?;
+    vtd.set_irte(INDEX, Irte::remapped(VECTOR, target).verify_sid(scope.sid))?;
+    vtd.invalidate_entries(INDEX, 0)?;
+    let handle = super::ir_basic::index_handle(INDEX)?;
+    let rte = irte::remappable_rte(handle) | (u64::from(pin) & RTE_VECTOR_MASK) | route.rte_flags;
+    sprintln!(
+        "ir-ioapic: IOAPIC {} at 0x{:x} sid=0x{:04x} pin {} (IRQ {} GSI {}) RTE 0x{:016x} -> IRTE {} -> APIC ID {} vector 0x{:x}",
+        io.id,
+        io.base,
+        scope.sid,
+        pin,
+        COM1_IRQ,
+        route.gsi,
+        rte,
+        INDEX,
+        target,
+        VECTOR
+    );
+    io.set_rte(pin, ioapic::RTE_MASKED | rte);
+    let back = io.rte(pin) & !ioapic::RTE_READ_ONLY;
+    if back != ioapic::RTE_MASKED | rte {
+        return Err(text!(
+            "IOAPIC RTE {} reads back 0x{:016x} after writing 0x{:016x}",
+            pin,
+            back,
+            ioapic::RTE_MASKED | rte
+        ));
+    }
+
+    // No printing from here until the UART is quiet again.
+    io.set_rte(pin, rte);
+    let kicked = raise_com1_interrupt(&clock, || DEVICE.total() > 0);
+    io.set_rte(pin, ioapic::RTE_MASKED | rte);
+    irq::stop_tick();
+    if kicked {
+        sprintln!("ir-ioapic: no interrupt on the IER write; wrote a byte to THR");
+    }
+    if DEVICE.total() == 0 {
+        return Err(text!(
+            "no interrupt from IOAPIC pin {} within {} ms (FSTS 0x{:x})",
+            pin,
+            ir_common::DELIVERY_TIMEOUT_NS / NS_PER_MS,
+            vtd.fsts()
+        ));
+    }
+    ir_common::expect_only(&DEVICE, target, 1, "COM1 interrupt")?;
+    Ok(text!(
+        "apic_id={} index=0x{:x} sid=0x{:04x}",
+        target,
+        INDEX,
+        scope.sid
+    ))
+}

@@ -1,0 +1,150 @@
+//! Primary fault logging: the fault-recording registers (FRCD, CAP.NFR + 1 of them at
+//! CAP.FRO * 16), FSTS, and the fault event interrupt (FECTL/FEDATA/FEADDR/FEUADDR).
+//!
+//! A record is 128 bits: low qword = fault information (for interrupt-remapping faults the
+//! interrupt index in bits 63:48), high qword = SID in 15:0, fault reason in 39:32, F (fault)
+//! in bit 63. Software clears a record by writing 1 to F (the top bit of its last dword,
+//! as Linux's `dmar_fault` does).
+
+use super::Vtd;
+
+/// CAP: shift and mask of FRO (fault-recording register offset / 16, bits 33:24).
+const CAP_FRO_SHIFT: u32 = 24;
+const CAP_FRO_MASK: u64 = 0x3ff;
+/// CAP: shift and mask of NFR (number of fault-recording registers - 1, bits 47:40).
+const CAP_NFR_SHIFT: u32 = 40;
+const CAP_NFR_MASK: u64 = 0xff;
+/// Unit of FRO.
+const FRO_UNIT: u64 = 16;
+/// Size of one record.
+const FRCD_SIZE: u64 = 16;
+/// Offset of a record's high qword.
+const FRCD_HIGH: u64 = 8;
+/// Offset of a record's last dword (holding F in bit 31).
+const FRCD_LAST_DWORD: u64 = 12;
+/// F as seen in the last dword.
+const FRCD_LAST_DWORD_F: u32 = 1 << 31;
+/// High qword bit 63: F, the record holds a fault.
+const FRCD_F: u64 = 1 << 63;
+/// High qword: shift and mask of the fault reason (bits 39:32).
+const FRCD_FR_SHIFT: u32 = 32;
+const FRCD_FR_MASK: u64 = 0xff;
+/// High qword: SID (bits 15:0).
+const FRCD_SID_MASK: u64 = 0xffff;
+/// Low qword: shift of the interrupt index of an interrupt-remapping fault (bits 63:48).
+const FRCD_IR_INDEX_SHIFT: u32 = 48;
+
+/// FSTS bit 0: primary fault overflow (write 1 to clear).
+pub const FSTS_PFO: u32 = 1 << 0;
+/// FSTS bit 1: primary pending fault (some record has F set).
+pub const FSTS_PPF: u32 = 1 << 1;
+/// FSTS bits 15:8: FRI, the record that set PPF.
+const FSTS_FRI_SHIFT: u32 = 8;
+const FSTS_FRI_MASK: u32 = 0xff;
+
+/// Fault event control register: IM (bit 31) masks the event; IP (30) is pending.
+const FECTL_REG: u64 = 0x38;
+/// Fault event data register (the vector for a fixed interrupt).
+const FEDATA_REG: u64 = 0x3c;
+/// Fault event address register.
+const FEADDR_REG: u64 = 0x40;
+/// Fault event upper address register: destination bits 31:8 in x2APIC mode.
+const FEUADDR_REG: u64 = 0x44;
+/// FECTL value with IM clear: events are sent.
+const FECTL_UNMASKED: u32 = 0;
+/// Interrupt window address.
+const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
+/// Compatibility MSI address: destination bits 7:0 in address bits 19:12.
+const MSI_DEST_SHIFT: u32 = 12;
+/// Destination bits 7:0.
+const DEST_LOW_MASK: u32 = 0xff;
+
+/// One fault record with F set.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultRecord {
+    /// Which record register (0 .. NFR).
+    pub slot: u32,
+    /// Low qword.
+    pub low: u64,
+    /// High qword.
+    pub high: u64,
+}
+
+impl FaultRecord {
+    /// Fault reason (0x20-0x26 for interrupt remapping).
+    pub fn reason(&self) -> u8 {
+        ((self.high >> FRCD_FR_SHIFT) & FRCD_FR_MASK) as u8
+    }
+
+    /// Source-id of the faulting request.
+    pub fn sid(&self) -> u16 {
+        (self.high & FRCD_SID_MASK) as u16
+    }
+
+    /// Interrupt index of an interrupt-remapping fault.
+    pub fn ir_index(&self) -> u16 {
+        (self.low >> FRCD_IR_INDEX_SHIFT) as u16
+    }
+}
+
+impl Vtd {
+    /// Number of fault-recording registers (CAP.NFR + 1).
+    pub fn fault_records(&self) -> u32 {
+        ((self.cap() >> CAP_NFR_SHIFT) & CAP_NFR_MASK) as u32 + 1
+    }
+
+    fn record_offset(&self, slot: u32) -> u64 {
+        ((self.cap() >> CAP_FRO_SHIFT) & CAP_FRO_MASK) * FRO_UNIT + u64::from(slot) * FRCD_SIZE
+    }
+
+    /// The records with F set, in register order; returns how many were found (at most
+    /// `out.len()` are stored).
+    pub fn pending_faults(&self, out: &mut [FaultRecord]) -> usize {
+        let mut n = 0;
+        for slot in 0..self.fault_records() {
+            let at = self.record_offset(slot);
+            let high = self.regs().read64(at + FRCD_HIGH);
+            if high & FRCD_F == 0 {
+                continue;
+            }
+            if let Some(o) = out.get_mut(n) {
+                *o = FaultRecord {
+                    slot,
+                    low: self.regs().read64(at),
+                    high,
+                };
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Clears record `slot` (writes 1 to its F bit).
+    pub fn clear_fault(&self, slot: u32) {
+        let at = self.record_offset(slot);
+        self.regs().write32(at + FRCD_LAST_DWORD, FRCD_LAST_DWORD_F);
+    }
+
+    /// FSTS.FRI: the record that set PPF.
+    pub fn fault_record_index(fsts: u32) -> u32 {
+        (fsts >> FSTS_FRI_SHIFT) & FSTS_FRI_MASK
+    }
+
+    /// Routes the fault event interrupt to x2APIC ID `dest`, fixed delivery of `vector`, and
+    /// unmasks it (Linux's `dmar_msi_write` order: data, address, upper address, then FECTL).
+    pub fn route_fault_events(&self, vector: u8, dest: u32) {
+        let regs = self.regs();
+        regs.write32(FEDATA_REG, u32::from(vector));
+        regs.write32(
+            FEADDR_REG,
+            MSI_ADDRESS_BASE | ((dest & DEST_LOW_MASK) << MSI_DEST_SHIFT),
+        );
+        regs.write32(FEUADDR_REG, dest & !DEST_LOW_MASK);
+        regs.write32(FECTL_REG, FECTL_UNMASKED);
+    }
+
+    /// The fault event control register (IM bit 31, IP bit 30).
+    pub fn fectl(&self) -> u32 {
+        self.regs().read32(FECTL_REG)
+    }
+}
