@@ -44,6 +44,12 @@ const REG_HEADER_TYPE: u16 = 0x0e;
 const REG_BAR0: u16 = 0x10;
 /// Capabilities pointer (8-bit).
 const REG_CAPABILITIES: u16 = 0x34;
+/// Distance between BAR registers.
+const BAR_STRIDE: u16 = 4;
+/// Requester ID: bus number shift (15:8).
+const SID_BUS_SHIFT: u32 = 8;
+/// Requester ID: device number shift (7:3); the function is bits 2:0.
+const SID_DEVICE_SHIFT: u32 = 3;
 /// Vendor ID of an absent function.
 const NO_VENDOR: u16 = 0xffff;
 /// Header type bit 7: the device has functions 1-7.
@@ -97,7 +103,9 @@ pub struct Function {
 impl Function {
     /// The requester ID (source-id) its transactions carry: bus << 8 | device << 3 | function.
     pub fn sid(&self) -> u16 {
-        (u16::from(self.bus) << 8) | (u16::from(self.device) << 3) | u16::from(self.function)
+        (u16::from(self.bus) << SID_BUS_SHIFT)
+            | (u16::from(self.device) << SID_DEVICE_SHIFT)
+            | u16::from(self.function)
     }
 
     fn select(&self, offset: u16) {
@@ -164,7 +172,7 @@ impl Function {
         if index >= TYPE0_BARS {
             return Err(text!("{} has no BAR {}", self, index));
         }
-        let offset = REG_BAR0 + 4 * u16::from(index);
+        let offset = REG_BAR0 + BAR_STRIDE * u16::from(index);
         let low = self.read32(offset);
         if low & BAR_IO != 0 {
             return Err(text!("{} BAR {} is an I/O BAR (0x{:x})", self, index, low));
@@ -174,7 +182,7 @@ impl Function {
             if index + 1 >= TYPE0_BARS {
                 return Err(text!("{} 64-bit BAR {} has no upper half", self, index));
             }
-            addr |= u64::from(self.read32(offset + 4)) << 32;
+            addr |= u64::from(self.read32(offset + BAR_STRIDE)) << 32;
         }
         if addr == 0 {
             return Err(text!("{} BAR {} is not assigned", self, index));

@@ -22,10 +22,24 @@ pub const FLAG_INTR_REMAP: u8 = 1 << 0;
 pub const FLAG_X2APIC_OPT_OUT: u8 = 1 << 1;
 /// Remapping structure type 0: DRHD.
 const TYPE_DRHD: u16 = 0;
+/// Remapping structure header: type u16, length u16.
+const STRUCTURE_HEADER_LEN: usize = 4;
+/// DRHD field offsets: flags, segment, register base.
+const DRHD_FLAGS: usize = 4;
+const DRHD_SEGMENT: usize = 6;
+const DRHD_BASE: usize = 8;
+/// Device scope field offsets: enumeration ID, start bus.
+const SCOPE_ENUMERATION_ID: usize = 4;
+const SCOPE_START_BUS: usize = 5;
+/// Source-id: bus number shift (15:8) and device number shift (7:3).
+const SID_BUS_SHIFT: u32 = 8;
+const SID_DEVICE_SHIFT: u32 = 3;
 /// Fixed part of a DRHD.
 const DRHD_FIXED_LEN: usize = 16;
 /// DRHD flags bit 0: the unit covers every PCI device of its segment not claimed elsewhere.
 pub const DRHD_INCLUDE_PCI_ALL: u8 = 1 << 0;
+/// Device scope type 1: PCI endpoint device.
+const SCOPE_PCI_ENDPOINT: u8 = 1;
 /// Device scope type 3: I/O APIC.
 const SCOPE_IOAPIC: u8 = 3;
 /// Fixed part of a device scope (before the path).
@@ -35,9 +49,10 @@ const PATH_ENTRY_LEN: usize = 2;
 /// Offset of the OEM ID in every ACPI table header, and its length.
 const OEM_ID_OFFSET: usize = 10;
 const OEM_ID_LEN: usize = 6;
-/// Most DRHDs and I/O APIC scopes the probe keeps.
+/// Most DRHDs, I/O APIC scopes and PCI endpoint scopes the probe keeps.
 const MAX_UNITS: usize = 8;
 const MAX_IOAPICS: usize = 8;
+const MAX_ENDPOINTS: usize = 64;
 
 /// One remapping unit.
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,6 +76,15 @@ pub struct IoApicScope {
     pub unit: usize,
 }
 
+/// A PCI endpoint device scope on the scope's start bus (one-entry path).
+#[derive(Clone, Copy, Debug, Default)]
+struct EndpointScope {
+    /// Requester ID: start bus << 8 | device << 3 | function.
+    sid: u16,
+    /// Index of its unit in [`Dmar::units`].
+    unit: usize,
+}
+
 /// The parts of a DMAR the probe uses.
 #[derive(Clone, Copy, Debug)]
 pub struct Dmar {
@@ -72,6 +96,8 @@ pub struct Dmar {
     n_units: usize,
     ioapics: [IoApicScope; MAX_IOAPICS],
     n_ioapics: usize,
+    endpoints: [EndpointScope; MAX_ENDPOINTS],
+    n_endpoints: usize,
 }
 
 impl Dmar {
@@ -91,6 +117,8 @@ impl Dmar {
             n_units: 0,
             ioapics: [IoApicScope::default(); MAX_IOAPICS],
             n_ioapics: 0,
+            endpoints: [EndpointScope::default(); MAX_ENDPOINTS],
+            n_endpoints: 0,
         };
         let mut at = STRUCTURES_OFFSET;
         while at < data.len() {
@@ -98,7 +126,10 @@ impl Dmar {
                 return Err(text!("DMAR structure header truncated at offset {}", at));
             };
             let len = usize::from(len);
-            let Some(s) = data.get(at..at + len).filter(|_| len >= 4) else {
+            let Some(s) = data
+                .get(at..at + len)
+                .filter(|_| len >= STRUCTURE_HEADER_LEN)
+            else {
                 return Err(text!(
                     "DMAR structure at offset {} has bad length {}",
                     at,
@@ -117,8 +148,11 @@ impl Dmar {
     }
 
     fn add_drhd(&mut self, s: &[u8], at: usize) -> Result<(), Text> {
-        let (Some(flags), Some(segment), Some(base)) = (u8_at(s, 4), u16_at(s, 6), u64_at(s, 8))
-        else {
+        let (Some(flags), Some(segment), Some(base)) = (
+            u8_at(s, DRHD_FLAGS),
+            u16_at(s, DRHD_SEGMENT),
+            u64_at(s, DRHD_BASE),
+        ) else {
             return Err(text!("DMAR DRHD at offset {} too short ({})", at, s.len()));
         };
         let unit = self.n_units;
@@ -145,8 +179,10 @@ impl Dmar {
                     len
                 ));
             };
-            if kind == SCOPE_IOAPIC {
-                self.add_ioapic(scope, unit, at + off)?;
+            match kind {
+                SCOPE_IOAPIC => self.add_ioapic(scope, unit, at + off)?,
+                SCOPE_PCI_ENDPOINT => self.add_endpoint(scope, unit)?,
+                _ => {}
             }
             off += len;
         }
@@ -162,7 +198,7 @@ impl Dmar {
                 path.len()
             ));
         }
-        let (id, bus) = (scope[4], scope[5]);
+        let (id, bus) = (scope[SCOPE_ENUMERATION_ID], scope[SCOPE_START_BUS]);
         let (device, function) = (path[0], path[1]);
         let slot = self
             .ioapics
@@ -170,10 +206,30 @@ impl Dmar {
             .ok_or_else(|| text!("DMAR lists more than {} I/O APIC scopes", MAX_IOAPICS))?;
         *slot = IoApicScope {
             id,
-            sid: (u16::from(bus) << 8) | (u16::from(device) << 3) | u16::from(function),
+            sid: scope_sid(bus, device, function),
             unit,
         };
         self.n_ioapics += 1;
+        Ok(())
+    }
+
+    /// Records a PCI endpoint scope. Only one-entry paths name a device on the start bus;
+    /// longer ones go through bridges to devices on other buses, which the probe never
+    /// looks up, so they are skipped.
+    fn add_endpoint(&mut self, scope: &[u8], unit: usize) -> Result<(), Text> {
+        let path = &scope[SCOPE_FIXED_LEN..];
+        if path.len() != PATH_ENTRY_LEN {
+            return Ok(());
+        }
+        let slot = self
+            .endpoints
+            .get_mut(self.n_endpoints)
+            .ok_or_else(|| text!("DMAR lists more than {} PCI endpoint scopes", MAX_ENDPOINTS))?;
+        *slot = EndpointScope {
+            sid: scope_sid(scope[SCOPE_START_BUS], path[0], path[1]),
+            unit,
+        };
+        self.n_endpoints += 1;
         Ok(())
     }
 
@@ -182,14 +238,30 @@ impl Dmar {
         &self.units[..self.n_units]
     }
 
-    /// The unit that covers the PCI devices of segment 0 (the INCLUDE_PCI_ALL one).
-    pub fn pci_unit(&self) -> Result<(usize, Drhd), Text> {
-        self.units()
+    /// The unit that remaps requests from PCI function `sid` on segment 0: the unit that
+    /// lists it in a PCI endpoint scope (QEMU lists each device), else the segment's
+    /// INCLUDE_PCI_ALL unit (irvmm's).
+    pub fn pci_unit(&self, sid: u16) -> Result<(usize, Drhd), Text> {
+        let listed = self.endpoints[..self.n_endpoints]
             .iter()
-            .copied()
-            .enumerate()
-            .find(|(_, u)| u.segment == 0 && u.flags & DRHD_INCLUDE_PCI_ALL != 0)
-            .ok_or_else(|| text!("no DMAR unit with INCLUDE_PCI_ALL for segment 0"))
+            .find(|e| e.sid == sid && self.units[e.unit].segment == 0)
+            .map(|e| e.unit);
+        let unit = listed.or_else(|| {
+            self.units()
+                .iter()
+                .position(|u| u.segment == 0 && u.flags & DRHD_INCLUDE_PCI_ALL != 0)
+        });
+        unit.map(|i| (i, self.units[i])).ok_or_else(|| {
+            text!(
+                "no DMAR unit covers PCI requester 0x{:04x} (no endpoint scope, no INCLUDE_PCI_ALL)",
+                sid
+            )
+        })
+    }
+
+    /// Number of PCI endpoint scopes (one-entry paths).
+    pub fn endpoint_scopes(&self) -> usize {
+        self.n_endpoints
     }
 
     /// The device scope of the I/O APIC with MADT ID `id`.
@@ -201,8 +273,15 @@ impl Dmar {
             .ok_or_else(|| text!("no DMAR device scope for I/O APIC {}", id))
     }
 
-    /// The OEM ID as text (`?` for non-printable bytes is not needed: shown raw if ASCII).
+    /// The OEM ID as text (`??????` if it is not UTF-8).
     pub fn oem(&self) -> &str {
         core::str::from_utf8(&self.oem_id).unwrap_or("??????")
     }
+}
+
+/// The source-id of the function at `device`.`function` on `bus`.
+fn scope_sid(bus: u8, device: u8, function: u8) -> u16 {
+    (u16::from(bus) << SID_BUS_SHIFT)
+        | (u16::from(device) << SID_DEVICE_SHIFT)
+        | u16::from(function)
 }

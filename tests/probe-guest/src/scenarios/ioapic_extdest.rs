@@ -33,6 +33,8 @@ const MAX_XAPIC_ID: u32 = 0xff;
 const FIRST_WAIT_NS: u64 = 2_000_000_000;
 /// How long to wait after the THR write.
 const SECOND_WAIT_NS: u64 = 3_000_000_000;
+/// The longest [`raise_com1_interrupt`] waits for the interrupt.
+pub(super) const COM1_WAIT_NS: u64 = FIRST_WAIT_NS + SECOND_WAIT_NS;
 /// After the interrupt, how long to keep watching for a second one.
 const SETTLE_NS: u64 = 50_000_000;
 /// `TAKEN_BY` before any CPU took the interrupt.
@@ -150,7 +152,7 @@ pub fn run(ctx: &Context) -> Outcome {
             "no interrupt on vector 0x{:x} from IOAPIC pin {} within {} ms",
             VECTOR,
             pin,
-            (FIRST_WAIT_NS + SECOND_WAIT_NS) / 1_000_000
+            COM1_WAIT_NS / 1_000_000
         ));
     }
     if bsp_took != 0 {

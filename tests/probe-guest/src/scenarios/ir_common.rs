@@ -7,6 +7,7 @@ use super::smp::Smp;
 use super::Context;
 use crate::acpi::dmar::{self, Dmar, Drhd};
 use crate::clock::Clock;
+use crate::pci::Function;
 use crate::report::Text;
 use crate::tally::Tally;
 use crate::vtd::Vtd;
@@ -56,16 +57,20 @@ impl Vmm {
 pub struct IrPlatform {
     /// The parsed DMAR.
     pub dmar: Dmar,
-    /// Index of the unit covering segment 0's PCI devices in `dmar.units()`.
-    pub unit_index: usize,
-    /// That unit.
-    pub unit: Drhd,
     /// Which VMM made the tables.
     pub vmm: Vmm,
 }
 
-/// Finds the DMAR and the unit that covers PCI segment 0; fails when the platform offers
-/// no interrupt remapping or opts out of x2APIC.
+impl IrPlatform {
+    /// The unit that remaps PCI function `function`'s interrupts.
+    pub fn pci_unit(&self, function: Function) -> Result<Drhd, Text> {
+        let (_, unit) = self.dmar.pci_unit(function.sid())?;
+        Ok(unit)
+    }
+}
+
+/// Finds and checks the DMAR; fails when the platform offers no interrupt remapping or
+/// opts out of x2APIC.
 pub fn discover(ctx: &Context) -> Result<IrPlatform, Text> {
     let tables = platform::tables(ctx)?;
     let table = tables.find(b"DMAR").ok_or_else(|| {
@@ -78,31 +83,26 @@ pub fn discover(ctx: &Context) -> Result<IrPlatform, Text> {
     if dmar.flags & dmar::FLAG_X2APIC_OPT_OUT != 0 {
         return Err(text!("DMAR flags 0x{:x}: X2APIC_OPT_OUT set", dmar.flags));
     }
-    let (unit_index, unit) = dmar.pci_unit()?;
     let vmm = Vmm::from_oem_id(&dmar.oem_id);
     sprintln!(
-        "ir: DMAR oem=\"{}\" ({}) flags=0x{:x} units={} unit 0x{:x}",
+        "ir: DMAR oem=\"{}\" ({}) flags=0x{:x} units={} endpoint scopes={}",
         dmar.oem(),
         vmm.name(),
         dmar.flags,
         dmar.units().len(),
-        unit.base
+        dmar.endpoint_scopes()
     );
-    Ok(IrPlatform {
-        dmar,
-        unit_index,
-        unit,
-        vmm,
-    })
+    Ok(IrPlatform { dmar, vmm })
 }
 
-/// Enables queued invalidation and interrupt remapping (x2APIC mode) on the platform's
-/// unit with a table of 2^`table_log2` entries, and prints the unit's state.
-pub fn enable(platform: &IrPlatform, clock: Clock, table_log2: u32) -> Result<Vtd, Text> {
+/// Enables queued invalidation and interrupt remapping (x2APIC mode) on `unit` with a
+/// table of 2^`table_log2` entries, and prints the unit's state.
+pub fn enable(unit: &Drhd, clock: Clock, table_log2: u32) -> Result<Vtd, Text> {
     let begin = clock.now_ns();
-    let vtd = Vtd::enable(platform.unit.base, clock, table_log2)?;
+    let vtd = Vtd::enable(unit.base, clock, table_log2)?;
     sprintln!(
-        "vtd: CAP 0x{:x} ECAP 0x{:x} GSTS 0x{:08x}: remapping on, x2APIC mode, {} entries ({} ms)",
+        "vtd: unit 0x{:x} CAP 0x{:x} ECAP 0x{:x} GSTS 0x{:08x}: remapping on, x2APIC mode, {} entries ({} ms)",
+        unit.base,
         vtd.cap(),
         vtd.ecap(),
         vtd.gsts(),

@@ -13,7 +13,7 @@
 //!
 //! Passes with `apic_id=M index=I sid=0xSSSS` when exactly that CPU took exactly one.
 
-use super::ioapic_extdest::raise_com1_interrupt;
+use super::ioapic_extdest::{raise_com1_interrupt, COM1_WAIT_NS};
 use super::ir_common::{self, NS_PER_MS};
 use super::smp;
 use super::Context;
@@ -48,19 +48,17 @@ pub fn run(ctx: &Context) -> Outcome {
     let route = ioapic::isa_route(&madt, COM1_IRQ)?;
     let (io, pin) = IoApic::for_gsi(&madt, route.gsi)?;
     let scope = platform.dmar.ioapic(io.id)?;
-    if scope.unit != platform.unit_index {
-        return Err(text!(
-            "I/O APIC {} is under DMAR unit {}, not the PCI unit {} the probe drives",
-            io.id,
-            scope.unit,
-            platform.unit_index
-        ));
-    }
+    let unit = platform
+        .dmar
+        .units()
+        .get(scope.unit)
+        .copied()
+        .ok_or_else(|| text!("DMAR scope of I/O APIC {} names no unit", io.id))?;
     let clock = smp.clock;
 
     irq::set_handler(VECTOR, on_uart_interrupt)?;
     // Remapping first, as Linux enables it before it starts the APs.
-    let mut vtd = ir_common::enable(&platform, clock, TABLE_LOG2_LINUX)?;
+    let mut vtd = ir_common::enable(&unit, clock, TABLE_LOG2_LINUX)?;
     smp::bring_up(ctx, &smp, ApMode::Interrupts)?;
     vtd.set_irte(INDEX, Irte::remapped(VECTOR, target).verify_sid(scope.sid))?;
     vtd.invalidate_entries(INDEX, 0)?;
@@ -102,7 +100,7 @@ pub fn run(ctx: &Context) -> Outcome {
         return Err(text!(
             "no interrupt from IOAPIC pin {} within {} ms (FSTS 0x{:x})",
             pin,
-            ir_common::DELIVERY_TIMEOUT_NS / NS_PER_MS,
+            COM1_WAIT_NS / NS_PER_MS,
             vtd.fsts()
         ));
     }

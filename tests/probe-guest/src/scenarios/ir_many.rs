@@ -72,7 +72,7 @@ pub fn run(ctx: &Context) -> Outcome {
 
     irq::set_handler(VECTOR, tally::on_device)?;
     // Remapping first, as Linux enables it before it starts the APs.
-    let mut vtd = ir_common::enable(&platform, clock, TABLE_LOG2_LINUX)?;
+    let mut vtd = ir_common::enable(&platform.pci_unit(edu.function)?, clock, TABLE_LOG2_LINUX)?;
     smp::bring_up(ctx, &smp, ApMode::Interrupts)?;
     for (j, &t) in targets.iter().enumerate() {
         vtd.set_irte(

@@ -34,6 +34,17 @@ const FRCD_SID_MASK: u64 = 0xffff;
 /// Low qword: shift of the interrupt index of an interrupt-remapping fault (bits 63:48).
 const FRCD_IR_INDEX_SHIFT: u32 = 48;
 
+/// Fault reason 0x21: interrupt index beyond the table size.
+pub const FR_INDEX_BEYOND_TABLE: u8 = 0x21;
+/// Fault reason 0x22: the entry is not present.
+pub const FR_NOT_PRESENT: u8 = 0x22;
+/// Fault reason 0x24: reserved bits set in a present entry.
+pub const FR_RESERVED_BITS: u8 = 0x24;
+/// Fault reason 0x25: compatibility-format interrupt blocked.
+pub const FR_COMPATIBILITY_BLOCKED: u8 = 0x25;
+/// Fault reason 0x26: source-id check failed.
+pub const FR_SID_MISMATCH: u8 = 0x26;
+
 /// FSTS bit 0: primary fault overflow (write 1 to clear).
 pub const FSTS_PFO: u32 = 1 << 0;
 /// FSTS bit 1: primary pending fault (some record has F set).
