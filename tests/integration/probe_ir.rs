@@ -1,0 +1,58 @@
+//! Tier 2: the virtual VT-d's interrupt remapping driven by the probe guest at 288 vCPUs:
+//! remapped MSIs moved by index-selective invalidation, remapped IOAPIC pins, every fault
+//! reason with its record and event interrupt, and 64 MSI-X vectors across the APIC IDs.
+
+mod common;
+
+use common::{assert_probe_pass, run_probe, skip};
+
+const PLATFORM: [&str; 10] = [
+    "--cpus", "288", "--memory", "128M", "--iommu", "intel", "--device", "edu", "--device",
+    "edu-msix",
+];
+
+fn ir(test: &str, scenario: &str, fields: &[&str]) {
+    let run = match run_probe(scenario, &PLATFORM) {
+        Ok(r) => r,
+        Err(why) => return skip(test, &why),
+    };
+    assert_probe_pass(&run, scenario, fields);
+}
+
+#[test]
+fn ir_basic_moves_delivery_on_invalidation() {
+    ir("ir_basic", "ir-basic", &["from=287"]);
+}
+
+#[test]
+fn ir_ioapic_remapped_pin_reaches_high_apic_id() {
+    ir("ir_ioapic", "ir-ioapic", &["apic_id=287", "sid=0xff00"]);
+}
+
+#[test]
+fn ir_faults_record_every_reason() {
+    ir(
+        "ir_faults",
+        "ir-faults",
+        &["reasons=22,21,26,25,24", "fpd=ok"],
+    );
+}
+
+#[test]
+fn ir_many_64_msix_vectors_across_apic_ids() {
+    ir("ir_many", "ir-many", &["vectors=64", "cpus=288"]);
+}
+
+#[test]
+fn ir_scenarios_fail_without_an_iommu() {
+    // Negative control: no DMAR, so the guest must report failure, not pass.
+    let run = match run_probe(
+        "ir-basic",
+        &["--cpus", "288", "--memory", "128M", "--device", "edu"],
+    ) {
+        Ok(r) => r,
+        Err(why) => return skip("ir_scenarios_fail_without_an_iommu", &why),
+    };
+    assert!(run.saw("PROBE FAIL ir-basic"), "{}", run.dump());
+    assert_eq!(run.code(), Some(1), "{}", run.dump());
+}
