@@ -653,6 +653,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     }
 
     let router = platform.router.clone();
+    let platform_router = platform.router.clone();
     let ioapic = platform.ioapic.clone();
     let ctx = Arc::new(VcpuContext {
         pio: platform.pio,
@@ -685,6 +686,14 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
             })?;
     }
     let outcome = exit.wait();
+    let stats = platform_router.stats();
+    log::info!(
+        "interrupt router: translations={} invalidations={} route_commits={} route_changes={}",
+        stats.translations,
+        stats.invalidations,
+        stats.routes.commits,
+        stats.routes.changes
+    );
     if let Ok(mut s) = serial.lock() {
         s.flush_output();
     }
