@@ -279,3 +279,67 @@ fn initramfs_that_does_not_fit() {
         "--initramfs",
     );
 }
+
+/// A bzImage header with `setup_sects` = 255: the setup code would extend past the file.
+fn absurd_bzimage() -> PathBuf {
+    let mut b = vec![0u8; 0x1000];
+    b[0x1f1] = 0xff;
+    b[0x1fe] = 0x55;
+    b[0x1ff] = 0xaa;
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    b[0x236..0x238].copy_from_slice(&1u16.to_le_bytes());
+    scratch("absurd.bzImage", &b)
+}
+
+#[test]
+fn bzimage_with_absurd_setup_size() {
+    if let Err(why) = kvm_available() {
+        return skip("bzimage_with_absurd_setup_size", &why);
+    }
+    let l = refused(&["--kernel", s(&absurd_bzimage())], "--kernel");
+    assert!(l.contains("bzImage"), "{l}");
+}
+
+#[test]
+fn cmdline_too_long_for_bzimage_header() {
+    if let Err(why) = kvm_available() {
+        return skip("cmdline_too_long_for_bzimage_header", &why);
+    }
+    let k = match asset("probe.bzImage") {
+        Ok(k) => k,
+        Err(why) => return skip("cmdline_too_long_for_bzimage_header", &why),
+    };
+    let long = "x".repeat(5000);
+    let l = refused(&["--kernel", s(&k), "--cmdline", &long], "--cmdline");
+    assert!(l.contains("4095"), "the header's cmdline_size: {l}");
+}
+
+#[test]
+fn memory_at_the_minimum_is_accepted_and_below_refused() {
+    if let Err(why) = kvm_available() {
+        return skip("memory_at_the_minimum_is_accepted_and_below_refused", &why);
+    }
+    let k = some_kernel();
+    refused(&["--kernel", s(&k), "--memory", "16383K"], "--memory");
+    if let Ok(probe) = asset("probe.elf") {
+        let out = Command::new(irvmm())
+            .args([
+                "--kernel",
+                s(&probe),
+                "--cmdline",
+                "probe=boot",
+                "--memory",
+                "16M",
+            ])
+            .output()
+            .expect("run irvmm");
+        // 16M is the documented minimum: it must start (the probe's 6 MiB image fits).
+        assert_ne!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
