@@ -3,7 +3,8 @@
 //!
 //! Only the interrupt registers are used: writing the raise register makes the device send
 //! its MSI (one message per write), the MSI-X variant's register 0x68 sends MSI-X vector N.
-//! A device sends nothing unless Bus Master Enable is set, which [`Edu::find`] does.
+//! A device sends nothing unless Bus Master Enable is set, which [`Edu::open`] (and so
+//! [`Edu::find`]) does.
 
 use crate::mmio::Mmio;
 use crate::pci::{self, Function};
@@ -49,8 +50,7 @@ pub struct Edu {
 }
 
 impl Edu {
-    /// Finds the first `1234:device_id` function on bus 0, enables memory decoding and bus
-    /// mastering (INTx off), and checks that its registers answer through BAR 0.
+    /// Finds the first `1234:device_id` function on bus 0 and opens it (see [`Edu::open`]).
     pub fn find(device_id: u16) -> Result<Edu, Text> {
         let function = pci::find_on_bus0(VENDOR_ID, device_id).ok_or_else(|| {
             text!(
@@ -64,6 +64,12 @@ impl Edu {
                 device_id
             )
         })?;
+        Edu::open(function)
+    }
+
+    /// Enables memory decoding and bus mastering (INTx off) on `function`, which must be an
+    /// edu device, and checks that its registers answer through BAR 0.
+    pub fn open(function: Function) -> Result<Edu, Text> {
         function.enable_command(
             pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER | pci::COMMAND_INTX_DISABLE,
         );

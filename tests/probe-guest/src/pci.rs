@@ -29,6 +29,8 @@ const DATA_LANE_MASK: u16 = 0x3;
 const DEVICES: u8 = 32;
 /// Functions per device.
 const FUNCTIONS: u8 = 8;
+/// Functions a bus can hold: the most [`find_all_on_bus0`] can report.
+pub const BUS_FUNCTIONS: usize = DEVICES as usize * FUNCTIONS as usize;
 
 /// Vendor ID register (16-bit); 0xffff when no function answers.
 pub const REG_VENDOR: u16 = 0x00;
@@ -226,6 +228,19 @@ impl core::fmt::Display for Function {
 /// The first function on bus 0 with `vendor:device`, scanning devices in order (functions
 /// 1-7 only of multi-function devices).
 pub fn find_on_bus0(vendor: u16, device: u16) -> Option<Function> {
+    let mut found = [Function {
+        bus: 0,
+        device: 0,
+        function: 0,
+    }];
+    (find_all_on_bus0(vendor, device, &mut found) > 0).then_some(found[0])
+}
+
+/// Every type 0 function on bus 0 with `vendor:device`, in scan order (devices ascending,
+/// then functions; functions 1-7 only of multi-function devices), copied into `out` as far
+/// as it holds them; returns how many there are.
+pub fn find_all_on_bus0(vendor: u16, device: u16, out: &mut [Function]) -> usize {
+    let mut n = 0;
     for dev in 0..DEVICES {
         let first = Function {
             bus: 0,
@@ -248,9 +263,12 @@ pub fn find_on_bus0(vendor: u16, device: u16) -> Option<Function> {
             };
             let is_type0 = f.read8(REG_HEADER_TYPE) & HEADER_TYPE_MASK == 0;
             if is_type0 && f.read16(REG_VENDOR) == vendor && f.read16(REG_DEVICE) == device {
-                return Some(f);
+                if let Some(slot) = out.get_mut(n) {
+                    *slot = f;
+                }
+                n += 1;
             }
         }
     }
-    None
+    n
 }

@@ -113,3 +113,18 @@ pub fn cmdline_value<'a>(cmdline: &'a [u8], key: &str) -> Option<&'a [u8]> {
         .split(|b| b.is_ascii_whitespace())
         .find_map(|word| word.strip_prefix(key.as_bytes())?.strip_prefix(b"="))
 }
+
+/// The decimal value of `key=N` on `cmdline`, `default` when the key is absent; fails on a
+/// value that is not a decimal number below 2^32.
+pub fn cmdline_u32(cmdline: &[u8], key: &str, default: u32) -> Result<u32, Text> {
+    let Some(raw) = cmdline_value(cmdline, key) else {
+        return Ok(default);
+    };
+    let parsed = (!raw.is_empty()).then_some(raw).and_then(|digits| {
+        digits.iter().try_fold(0u32, |acc, &b| {
+            let digit = char::from(b).to_digit(10)?;
+            acc.checked_mul(10)?.checked_add(digit)
+        })
+    });
+    parsed.ok_or_else(|| text!("{}= needs a decimal number below 2^32", key))
+}

@@ -49,10 +49,11 @@ const PATH_ENTRY_LEN: usize = 2;
 /// Offset of the OEM ID in every ACPI table header, and its length.
 const OEM_ID_OFFSET: usize = 10;
 const OEM_ID_LEN: usize = 6;
-/// Most DRHDs, I/O APIC scopes and PCI endpoint scopes the probe keeps.
+/// Most DRHDs, I/O APIC scopes and PCI endpoint scopes the probe keeps (QEMU lists every
+/// function, and `ir-bench` may fill bus 0 with them).
 const MAX_UNITS: usize = 8;
 const MAX_IOAPICS: usize = 8;
-const MAX_ENDPOINTS: usize = 64;
+const MAX_ENDPOINTS: usize = crate::pci::BUS_FUNCTIONS;
 
 /// One remapping unit.
 #[derive(Clone, Copy, Debug, Default)]

@@ -6,13 +6,14 @@
 //!
 //! The `ir-*` scenarios drive the platform's Intel VT-d unit (interrupt remapping, found
 //! through the DMAR) with the edu test device and the I/O APIC; their shared parts are in
-//! `ir_common`.
+//! `ir_common`; `ir-bench` times invalidations with many remapped vectors live.
 
 mod boot;
 mod fault;
 mod ioapic_extdest;
 mod ipi;
 mod ir_basic;
+mod ir_bench;
 mod ir_common;
 mod ir_faults;
 mod ir_ioapic;
@@ -90,6 +91,11 @@ pub static ALL: &[Scenario] = &[
         name: "ir-many",
         summary: "64 edu-msix vectors through 64 IRTEs to CPUs across the APIC ID range, each once",
         run: ir_many::run,
+    },
+    Scenario {
+        name: "ir-bench",
+        summary: "times IRTE rewrite + index-selective IEC + wait with probe.vectors=N live remapped vectors",
+        run: ir_bench::run,
     },
     Scenario {
         name: "poweroff",

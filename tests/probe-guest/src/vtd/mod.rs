@@ -160,6 +160,12 @@ impl Vtd {
         Ok(vtd)
     }
 
+    /// Reads the version register: a register access with no effect, for timing the VMM's
+    /// round trip.
+    pub fn version(&self) -> u32 {
+        self.regs.read32(VER_REG)
+    }
+
     /// The capability register.
     pub fn cap(&self) -> u64 {
         self.cap
