@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{asset, hardware_virtualization, kvm_available, run_guest, skip, GuestRun, StopWhen};
@@ -24,9 +24,26 @@ const CPU_FEATURES: &str = "-cx16,-xsave";
 /// its console driver registers, which on this KVM comes minutes later with many vCPUs.
 const CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 noxsave";
 
-/// Boots `kernel` with the features and command line this KVM needs, until `done`.
-fn early_boot(kernel: &Path, cpus: &str, deadline: Duration, done: StopWhen) -> GuestRun {
-    let args = [
+/// The guest asset `name` when /dev/kvm and the asset are there; else prints why `test`
+/// skips and returns `None`.
+fn kernel_or_skip(test: &str, name: &str) -> Option<PathBuf> {
+    if let Err(why) = kvm_available() {
+        skip(test, &why);
+        return None;
+    }
+    asset(name).map_err(|why| skip(test, &why)).ok()
+}
+
+/// Boots `kernel` with the features and command line this KVM needs (plus `extra`
+/// arguments), until `done`.
+fn early_boot(
+    kernel: &Path,
+    cpus: &str,
+    extra: &[&str],
+    deadline: Duration,
+    done: StopWhen,
+) -> GuestRun {
+    let mut args = vec![
         "--kernel",
         kernel.to_str().expect("utf-8 path"),
         "--cpu-features",
@@ -38,19 +55,16 @@ fn early_boot(kernel: &Path, cpus: &str, deadline: Duration, done: StopWhen) -> 
         "--memory",
         "256M",
     ];
+    args.extend_from_slice(extra);
     run_guest(&args, deadline, Some(done))
 }
 
 fn banner_and_acpi(test: &str, image: &str) {
-    if let Err(why) = kvm_available() {
-        return skip(test, &why);
-    }
-    let kernel = match asset(image) {
-        Ok(p) => p,
-        Err(why) => return skip(test, &why),
+    let Some(kernel) = kernel_or_skip(test, image) else {
+        return;
     };
     let done = |lines: &[String]| lines.iter().any(|l| l.contains("smpboot: Allowing"));
-    let run = early_boot(&kernel, "2", Duration::from_secs(600), &done);
+    let run = early_boot(&kernel, "2", &[], Duration::from_secs(600), &done);
     assert!(run.saw("Linux version"), "no banner\n{}", run.dump());
     for l in ACPI_LINES {
         assert!(run.saw(l), "missing '{l}'\n{}", run.dump());
@@ -117,19 +131,14 @@ fn linux_initramfs_reaches_user_space() {
 
 #[test]
 fn linux_288_vcpus_come_up_in_x2apic_mode() {
-    let test = "linux_288_vcpus_come_up_in_x2apic_mode";
-    if let Err(why) = kvm_available() {
-        return skip(test, &why);
-    }
-    let kernel = match asset("vmlinux") {
-        Ok(p) => p,
-        Err(why) => return skip(test, &why),
+    let Some(kernel) = kernel_or_skip("linux_288_vcpus_come_up_in_x2apic_mode", "vmlinux") else {
+        return;
     };
     let x2apic = |l: &str| l.contains("x2apic enabled") || l.contains("x2apic: enabled by BIOS");
     let done = |lines: &[String]| {
         lines.iter().any(|l| x2apic(l)) && lines.iter().any(|l| l.contains("smpboot: Allowing"))
     };
-    let run = early_boot(&kernel, "288", Duration::from_secs(900), &done);
+    let run = early_boot(&kernel, "288", &[], Duration::from_secs(900), &done);
     assert!(run.saw("smpboot: Allowing 288 CPUs"), "{}", run.dump());
     assert!(
         run.lines.iter().any(|l| x2apic(l)),
@@ -140,31 +149,21 @@ fn linux_288_vcpus_come_up_in_x2apic_mode() {
 
 #[test]
 fn linux_288_vcpus_enable_interrupt_remapping_in_x2apic_mode() {
-    let test = "linux_288_vcpus_enable_interrupt_remapping_in_x2apic_mode";
-    if let Err(why) = kvm_available() {
-        return skip(test, &why);
-    }
-    let kernel = match asset("vmlinux") {
-        Ok(p) => p,
-        Err(why) => return skip(test, &why),
+    let Some(kernel) = kernel_or_skip(
+        "linux_288_vcpus_enable_interrupt_remapping_in_x2apic_mode",
+        "vmlinux",
+    ) else {
+        return;
     };
     const ENABLED: &str = "DMAR-IR: Enabled IRQ remapping in x2apic mode";
     let done = |lines: &[String]| lines.iter().any(|l| l.contains(ENABLED));
-    let args = [
-        "--kernel",
-        kernel.to_str().expect("utf-8 path"),
-        "--cpu-features",
-        CPU_FEATURES,
-        "--cmdline",
-        CMDLINE,
-        "--cpus",
+    let run = early_boot(
+        &kernel,
         "288",
-        "--memory",
-        "256M",
-        "--iommu",
-        "intel",
-    ];
-    let run = run_guest(&args, Duration::from_secs(1200), Some(&done));
+        &["--iommu", "intel"],
+        Duration::from_secs(1200),
+        &done,
+    );
     assert!(run.saw("ACPI: DMAR"), "{}", run.dump());
     assert!(
         run.saw("DMAR-IR: IOAPIC id 0 under DRHD base"),

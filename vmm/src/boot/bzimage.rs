@@ -5,11 +5,11 @@ use std::fs::File;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use linux_loader::loader::{BzImage, KernelLoader};
+use linux_loader::loader::BzImage;
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
 
 use super::{
-    check_cmdline, load_initramfs, write_cmdline, BootError, BootSetup, EntryMode, KERNEL_MIN_ADDR,
+    check_cmdline, load_image, load_initramfs, write_cmdline, BootError, BootSetup, EntryMode,
 };
 use crate::layout::{CMDLINE_MAX_SIZE, ZERO_PAGE_ADDR};
 
@@ -48,13 +48,7 @@ pub(super) fn load(
     low_end: u64,
 ) -> Result<EntryMode, BootError> {
     let path = setup.kernel.path().to_path_buf();
-    let loaded =
-        BzImage::load(mem, None, file, Some(GuestAddress(KERNEL_MIN_ADDR))).map_err(|source| {
-            BootError::Loader {
-                path: path.clone(),
-                source,
-            }
-        })?;
+    let loaded = load_image::<BzImage>(mem, setup, file)?;
     let bad = |reason: &str| BootError::BadBzImage {
         path: path.clone(),
         reason: reason.to_string(),

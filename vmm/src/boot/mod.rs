@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use linux_loader::loader::{KernelLoader, KernelLoaderResult};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -295,6 +296,20 @@ fn load_initramfs(
             source,
         })?;
     Ok((addr, initrd.size))
+}
+
+/// Loads the kernel image with loader `L` (ELF or bzImage) above [`KERNEL_MIN_ADDR`].
+fn load_image<L: KernelLoader>(
+    mem: &GuestMemoryMmap,
+    setup: &BootSetup,
+    file: &mut File,
+) -> Result<KernelLoaderResult, BootError> {
+    L::load(mem, None, file, Some(GuestAddress(KERNEL_MIN_ADDR))).map_err(|source| {
+        BootError::Loader {
+            path: setup.kernel.path().to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Loads the kernel and boot data into `mem`; returns how the boot vCPU enters it.

@@ -9,11 +9,10 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use linux_loader::loader::KernelLoader;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{
-    check_cmdline, load_initramfs, write_cmdline, BootError, BootSetup, EntryMode, KERNEL_MIN_ADDR,
+    check_cmdline, load_image, load_initramfs, write_cmdline, BootError, BootSetup, EntryMode,
 };
 use crate::layout::{CMDLINE_MAX_SIZE, PVH_INFO_ADDR, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR};
 
@@ -32,13 +31,7 @@ pub(super) fn load(
 ) -> Result<EntryMode, BootError> {
     check_cmdline(setup.cmdline, PVH_CMDLINE_MAX.min(CMDLINE_MAX_SIZE))?;
     let path = setup.kernel.path().to_path_buf();
-    let loaded =
-        Elf::load(mem, None, file, Some(GuestAddress(KERNEL_MIN_ADDR))).map_err(|source| {
-            BootError::Loader {
-                path: path.clone(),
-                source,
-            }
-        })?;
+    let loaded = load_image::<Elf>(mem, setup, file)?;
     let entry = match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => addr.0,
         _ => return Err(BootError::NoPvhEntry(path)),
