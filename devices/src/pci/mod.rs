@@ -30,8 +30,9 @@
 //!   route: a masked vector is not triggered, its pending bit is set instead, and it is
 //!   triggered once when it becomes deliverable again (the pending bit is cleared then);
 //! * a message whose address is outside the x86 interrupt window (`0xfeeX_XXXX`, as in
-//!   never-programmed MSI-X entries whose address is 0) is no interrupt on x86: its route is
-//!   `None` and a trigger of it is dropped, like the memory write it would be;
+//!   never-programmed MSI-X entries whose address is 0, or with a nonzero upper address
+//!   dword: the window is below 4 GiB) is no interrupt on x86: its route is `None` and a
+//!   trigger of it is dropped, like the memory write it would be;
 //! * a function whose command register has Bus Master Enable clear sends no MSI (a memory
 //!   write), as on hardware and in QEMU: guests set bit 2 of the command register before
 //!   using MSI (Linux: `pci_set_master`).
@@ -103,9 +104,10 @@ pub(crate) fn emit_routes(sink: &dyn MsiSink, changes: &[(u16, Option<MsiMessage
 }
 
 /// The message a vector may be routed to: `None` unless its address lies in the x86
-/// interrupt window (anything else is a plain memory write, not an interrupt).
+/// interrupt window (anything else is a plain memory write, not an interrupt). The window
+/// is 32-bit: a message with a nonzero upper address dword targets memory above 4 GiB.
 pub(crate) fn routable(msg: MsiMessage) -> Option<MsiMessage> {
-    msg.is_msi_window().then_some(msg)
+    (msg.is_msi_window() && msg.address_hi == 0).then_some(msg)
 }
 
 /// A PCI function as the root sees it: configuration space and BARs.
@@ -303,6 +305,22 @@ mod tests {
             ..msg(5)
         };
         assert_eq!(routable(memory), None);
+    }
+
+    /// Found by the `pci_config` fuzzer: an MSI-X entry (or a 64-bit MSI capability)
+    /// programmed with address 0x1_fee0_0000 got a route, and the VMM handed
+    /// `address_hi` to KVM as x2APIC destination bits 31:8 (or KVM rejected the whole
+    /// routing table when its low byte was set). Above 4 GiB is memory, not the
+    /// interrupt window.
+    #[test]
+    fn messages_above_4gib_are_not_routable() {
+        for address_hi in [1, 0x100, 0x7777_7700, u32::MAX] {
+            let m = MsiMessage {
+                address_hi,
+                ..msg(0x41)
+            };
+            assert_eq!(routable(m), None, "{m:x?}");
+        }
     }
 
     #[test]

@@ -15,6 +15,13 @@
 //! destination bits 31:8 in its bits 31:8 (Linux programs it that way for the DMAR fault
 //! interrupt). Upper-address bits 7:0 are reserved and dropped, because KVM rejects an MSI
 //! whose `address_hi` bits 7:0 are set.
+//!
+//! An event is an interrupt only when the address register names the interrupt window
+//! (`0xFEEx_xxxx`). With any other address (a guest that never programmed it, or wrote
+//! garbage) the message would be a plain memory write, not an interrupt: the event is
+//! consumed exactly as if it had been sent (IP is not set) but nothing is delivered, the
+//! way the PCI model drops an MSI aimed outside the window. Handing such a message to
+//! `KVM_SIGNAL_MSI` would inject an interrupt the hardware never raises.
 
 use crate::msi::MsiMessage;
 
@@ -67,7 +74,7 @@ impl EventInterrupt {
         self.masked = value & EVENT_CTL_IM != 0;
         if !self.masked && self.pending {
             self.pending = false;
-            return Some(self.message());
+            return self.deliverable();
         }
         None
     }
@@ -116,13 +123,26 @@ impl EventInterrupt {
             self.pending = true;
             None
         } else {
-            Some(self.message())
+            self.deliverable()
         }
     }
 
     /// Software serviced every status bit behind this event: a held message is dropped.
     pub fn clear_pending(&mut self) {
         self.pending = false;
+    }
+
+    /// The message sending an event produces now: [`EventInterrupt::message`] when the
+    /// address register names the interrupt window, `None` (a memory write, dropped)
+    /// otherwise.
+    fn deliverable(&self) -> Option<MsiMessage> {
+        let msg = self.message();
+        if msg.is_msi_window() {
+            Some(msg)
+        } else {
+            log::debug!("vt-d: event message to non-interrupt address {msg:x?} dropped");
+            None
+        }
     }
 
     /// The message this block sends, in KVM's x2APIC API layout.
@@ -170,6 +190,36 @@ mod tests {
         // Unmasked: immediate.
         assert_eq!(e.signal(), Some(msg));
         assert_eq!(e.control(), 0);
+    }
+
+    /// Found by the `vtd_mmio` fuzzer: an event whose address register is outside the
+    /// interrupt window (here never programmed, so 0) was returned for `KVM_SIGNAL_MSI`,
+    /// which KVM would have delivered to APIC 0 as an interrupt.
+    #[test]
+    fn event_outside_the_interrupt_window_is_not_an_interrupt() {
+        let mut e = EventInterrupt::new(true);
+        e.write_data(0x41);
+        assert_eq!(e.write_control(0), None);
+        assert_eq!(
+            e.signal(),
+            None,
+            "address 0 is a memory write, not an interrupt"
+        );
+        assert_eq!(e.control(), 0, "the event was consumed, not held");
+        e.write_address(0x1c);
+        e.write_upper_address(0x7777_7700);
+        assert_eq!(e.signal(), None);
+        // Held while masked, dropped on unmask with a bad address.
+        e.write_control(EVENT_CTL_IM);
+        assert_eq!(e.signal(), None);
+        assert_eq!(e.control(), EVENT_CTL_IM | EVENT_CTL_IP);
+        assert_eq!(e.write_control(0), None);
+        assert_eq!(e.control(), 0);
+        // Once the guest programs the window, events are interrupts again.
+        e.write_address(0xfee0_2000);
+        let msg = e.signal().expect("interrupt");
+        assert_eq!(msg.address_lo, 0xfee0_2000);
+        assert_eq!(msg.address_hi, 0x7777_7700);
     }
 
     #[test]

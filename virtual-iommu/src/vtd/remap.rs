@@ -122,15 +122,22 @@ pub fn request_index(msg: &MsiMessage) -> Option<u32> {
 }
 
 /// Decodes the format of `msg`, checking the fields the remappable format reserves.
+///
+/// An interrupt request is a write to the 32-bit window `0xFEEx_xxxx`: a message whose
+/// `address_hi` is not zero targets a 64-bit address above 4 GiB and is no interrupt
+/// request in either format (a device's raw message carries no destination bits there;
+/// those only appear in the translated message, in KVM's layout). It is refused like any
+/// other address outside the window, so it can never pass through as a compatibility
+/// interrupt with a destination KVM would read from `address_hi`.
 pub fn decode_request(msg: &MsiMessage) -> Result<RequestFormat, MalformedRequest> {
     let index = request_index(msg);
-    if !msg.is_msi_window() {
+    if !msg.is_msi_window() || msg.address_hi != 0 {
         return Err(MalformedRequest { index });
     }
     let Some(index) = index else {
         return Ok(RequestFormat::Compatibility);
     };
-    if msg.address_hi != 0 || msg.data & REMAP_DATA_RESERVED != 0 {
+    if msg.data & REMAP_DATA_RESERVED != 0 {
         return Err(MalformedRequest { index: Some(index) });
     }
     Ok(RequestFormat::Remappable { index })
@@ -280,6 +287,51 @@ mod tests {
         let c = MsiMessage::compat(1, false, 0x30, crate::msi::DeliveryMode::Fixed, false);
         assert_eq!(decode_request(&c), Ok(RequestFormat::Compatibility));
         assert_eq!(request_index(&c), None);
+    }
+
+    /// Found by the `remap_decode` fuzzer: a compatibility-format request with a 64-bit
+    /// address (`address_hi` 0x2_0000) passed through CFI unchanged, so the route handed
+    /// to KVM read `address_hi` as x2APIC destination bits 31:8 (and a nonzero low byte
+    /// makes KVM reject the whole routing table). Above 4 GiB is no interrupt address.
+    #[test]
+    fn compatibility_request_above_4gib_is_not_an_interrupt() {
+        let m = MsiMessage {
+            address_lo: 0xfee0_1000,
+            address_hi: 0x2_0000,
+            data: 0x4031,
+        };
+        assert_eq!(decode_request(&m), Err(MalformedRequest { index: None }));
+        let m = MsiMessage { address_hi: 1, ..m };
+        assert_eq!(decode_request(&m), Err(MalformedRequest { index: None }));
+        let settings = RemapSettings {
+            table: None,
+            compatibility_allowed: true,
+        };
+        assert!(settings.passes_compatibility_format());
+        struct NoMemory;
+        impl GuestMemoryReader for NoMemory {
+            fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), crate::MemError> {
+                Err(crate::MemError::Unmapped {
+                    gpa,
+                    len: buf.len(),
+                })
+            }
+            fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), crate::MemError> {
+                Err(crate::MemError::Unmapped {
+                    gpa,
+                    len: buf.len(),
+                })
+            }
+        }
+        let fault = remap(&settings, &NoMemory, SourceId(0x18), &m).unwrap_err();
+        assert_eq!(fault.reason, FaultReason::RequestReserved);
+        assert_eq!(fault.index, None);
+        // The same request below 4 GiB still passes through.
+        let low = MsiMessage { address_hi: 0, ..m };
+        assert_eq!(
+            remap(&settings, &NoMemory, SourceId(0x18), &low),
+            Ok(RemapOutcome::Passthrough(low))
+        );
     }
 
     #[test]

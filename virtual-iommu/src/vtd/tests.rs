@@ -968,6 +968,43 @@ fn fault_event_masking() {
     assert!(w32(&mut u, &m, FECTL_REG, 0).is_empty());
 }
 
+/// Found by the `vtd_mmio` fuzzer (minimized): the guest unmasks the fault event without
+/// programming an interrupt address (FEADDR 0x1c, garbage FEUADDR), then causes a fault.
+/// The unit used to return `{address_lo: 0x1c, ...}` for `KVM_SIGNAL_MSI`, which KVM
+/// delivers as an interrupt; a message outside 0xFEEx_xxxx is a memory write, not an
+/// interrupt, so nothing is sent (and nothing is held: IP stays clear).
+#[test]
+fn fault_event_outside_the_interrupt_window_is_dropped() {
+    let (mut u, m, _) = enabled_unit(true);
+    w32(&mut u, &m, FEDATA_REG, 3);
+    w32(&mut u, &m, FEADDR_REG, 0x1c);
+    w32(&mut u, &m, FEUADDR_REG, 0x7777_7700);
+    assert!(w32(&mut u, &m, FECTL_REG, 0).is_empty());
+    let (t, e) = u.translate_and_record(&m, DEVICE_SID, remappable(1, None));
+    assert!(t.fault().is_some());
+    assert!(e.interrupts.is_empty(), "{:x?}", e.interrupts);
+    assert_eq!(r32(&u, FECTL_REG), 0);
+    assert_ne!(
+        r32(&u, FSTS_REG) & FSTS_PPF,
+        0,
+        "the fault is still recorded"
+    );
+    // Held while masked, then unmasked with the bad address: still nothing.
+    w32(&mut u, &m, FRCD_REG + 12, 1 << 31);
+    w32(&mut u, &m, FECTL_REG, EVENT_CTL_IM);
+    u.translate_and_record(&m, DEVICE_SID, remappable(2, None));
+    assert_eq!(r32(&u, FECTL_REG), EVENT_CTL_IM | EVENT_CTL_IP);
+    assert!(w32(&mut u, &m, FECTL_REG, 0).is_empty());
+    // The same for the invalidation completion event.
+    w32(&mut u, &m, IEADDR_REG, 0);
+    assert!(w32(&mut u, &m, IECTL_REG, 0).is_empty());
+    let head = (r64(&u, IQH_REG) >> 4) as u32;
+    m.put_desc(head, desc::wait(true, None, false));
+    let e = w32(&mut u, &m, IQT_REG, (head + 1) << 4);
+    assert_eq!(r32(&u, ICS_REG), ICS_IWC);
+    assert!(e.interrupts.is_empty(), "{:x?}", e.interrupts);
+}
+
 // ---- Queued invalidation ---------------------------------------------------------------
 
 #[test]

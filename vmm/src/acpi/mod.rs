@@ -22,6 +22,8 @@ pub mod root;
 pub mod sdt;
 
 #[cfg(test)]
+mod proptest_tables;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashSet;

@@ -266,7 +266,10 @@ fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, BootError>
     Ok(CMDLINE_ADDR)
 }
 
-/// Places the initramfs at the top of low RAM (below `limit`), page aligned.
+/// Places the initramfs at the top of low RAM (below `limit`), page aligned, above the
+/// kernel and never below [`KERNEL_MIN_ADDR`]: the first megabyte holds the boot
+/// structures, the command line and the ACPI tables, which a kernel image without
+/// loadable segments there (`kernel_end` 0) must not let the initramfs overwrite.
 fn load_initramfs(
     mem: &GuestMemoryMmap,
     initrd: &Initramfs,
@@ -274,6 +277,7 @@ fn load_initramfs(
     limit: u64,
 ) -> Result<(u64, u64), BootError> {
     const PAGE: u64 = 4096;
+    let kernel_end = kernel_end.max(KERNEL_MIN_ADDR);
     let too_large = BootError::InitramfsTooLarge {
         size: initrd.size,
         limit,
@@ -370,6 +374,49 @@ mod tests {
             KernelImage::open(Path::new("/nonexistent/k")),
             Err(BootError::Read { .. })
         ));
+    }
+
+    /// Found by the `kernel_load` fuzzer (minimized): a PVH ELF whose only program
+    /// headers are a note (so `kernel_end` is 0) and an initramfs as large as low RAM.
+    /// The initramfs was placed at address 0, over the command line written just before,
+    /// the boot structures and the ACPI tables, and the load reported success.
+    #[test]
+    fn initramfs_never_lands_below_1mib() {
+        const RAM: u64 = 4 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        let path = temp("initrd.big", &[]);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(RAM)
+            .unwrap();
+        let big = Initramfs::open(&path).unwrap();
+        write_cmdline(&mem, "console=ttyS0").unwrap();
+        assert!(matches!(
+            load_initramfs(&mem, &big, 0, RAM),
+            Err(BootError::InitramfsTooLarge {
+                kernel_end: KERNEL_MIN_ADDR,
+                ..
+            })
+        ));
+        let mut got = [0u8; 13];
+        mem.read_slice(&mut got, GuestAddress(CMDLINE_ADDR))
+            .unwrap();
+        assert_eq!(&got, b"console=ttyS0", "command line intact");
+        // What fits above 1 MiB still loads at the top of RAM.
+        let fits = temp("initrd.fits", &vec![7u8; (RAM - KERNEL_MIN_ADDR) as usize]);
+        let fits = Initramfs::open(&fits).unwrap();
+        assert_eq!(
+            load_initramfs(&mem, &fits, 0, RAM).unwrap(),
+            (KERNEL_MIN_ADDR, RAM - KERNEL_MIN_ADDR)
+        );
+        let over = temp(
+            "initrd.over",
+            &vec![7u8; (RAM - KERNEL_MIN_ADDR) as usize + 1],
+        );
+        let over = Initramfs::open(&over).unwrap();
+        assert!(load_initramfs(&mem, &over, 0, RAM).is_err());
     }
 
     #[test]
