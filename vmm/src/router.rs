@@ -3,10 +3,17 @@
 //!
 //! Routes are the interrupt-entry cache. A source's route changes when the source is
 //! reprogrammed or, with interrupt remapping, when the guest invalidates the IRTE the route
-//! was built from, exactly as on hardware: an IRTE write alone changes nothing. Each batch of
-//! changes is committed with one `KVM_SET_GSI_ROUTING`, and an index-selective invalidation
-//! re-translates only the routes keyed by the invalidated indices. A source whose message is
-//! blocked has no route; when it fires, the fault is recorded in the IOMMU then.
+//! was built from, exactly as on hardware: an IRTE write alone changes nothing. An
+//! index-selective invalidation re-translates only the routes keyed by the invalidated
+//! indices. A source whose message is blocked has no route; when it fires, the fault is
+//! recorded in the IOMMU then.
+//!
+//! Commits: every source here is delivered by the VMM itself (`KVM_IRQ_LINE` on its GSI),
+//! so route changes are staged and committed with one `KVM_SET_GSI_ROUTING` just before
+//! the next delivery. Any number of invalidations between two interrupts cost one commit,
+//! and a delivery after an invalidation always uses the new route. Sources that KVM
+//! delivers without asking the VMM (irqfd: VFIO vectors) are eager: a change to one is
+//! committed before the invalidation completes.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -67,6 +74,8 @@ struct Source {
     irte: Option<u32>,
     /// Why the source is blocked, when it is.
     blocked: Option<Fault>,
+    /// KVM delivers this source on its own (irqfd): its route changes commit at once.
+    eager: bool,
 }
 
 /// Work counters for tests and benchmarks.
@@ -153,8 +162,8 @@ impl<B: InterruptBackend> InterruptRouter<B> {
         }
     }
 
-    /// Sets the raw messages of sources (`None`: the source is disabled) and commits their
-    /// routes with one `KVM_SET_GSI_ROUTING`.
+    /// Sets the raw messages of sources (`None`: the source is disabled); their routes are
+    /// committed before the next delivery.
     pub fn set_sources(
         &self,
         changes: &[(u32, SourceId, Option<MsiMessage>)],
@@ -167,12 +176,13 @@ impl<B: InterruptBackend> InterruptRouter<B> {
                 raw,
                 irte: None,
                 blocked: None,
+                eager: false,
             };
             let route = self.translate_source(&mut st, &mut src);
             st.sources.insert(gsi, src);
             batch.push((gsi, route));
         }
-        self.routes.update(batch)?;
+        self.routes.stage(batch)?;
         Ok(())
     }
 
@@ -184,6 +194,11 @@ impl<B: InterruptBackend> InterruptRouter<B> {
                 let effects = iommu.record_fault(&fault);
                 self.deliver(&effects.interrupts);
             }
+            return;
+        }
+        // Staged route changes reach KVM before this delivery uses them.
+        if let Err(e) = self.routes.flush() {
+            log::error!("GSI {gsi}: committing routes failed: {e}");
             return;
         }
         if let Err(e) = self.routes.backend().set_irq_line(gsi, true) {
@@ -201,9 +216,9 @@ impl<B: InterruptBackend> InterruptRouter<B> {
     }
 
     /// Acts on what an IOMMU register write did: re-translates the routes the invalidations
-    /// cover (all of them when remapping state changed), commits once, then sends the
-    /// unit's event interrupts, so a guest waiting for invalidation completion sees the
-    /// new routes in place.
+    /// cover (all of them when remapping state changed), stages them (committing at once
+    /// if an eager source changed, so a guest waiting for invalidation completion finds
+    /// KVM's routes in place), then sends the unit's event interrupts.
     pub fn apply(&self, effects: &Effects) -> Result<(), RouterError> {
         if !effects.iec.is_empty() || effects.ir_state_changed {
             let mut st = self.lock();
@@ -216,15 +231,21 @@ impl<B: InterruptBackend> InterruptRouter<B> {
                 .map(|(g, _)| *g)
                 .collect();
             let mut batch = Vec::with_capacity(affected.len());
+            let mut eager = false;
             for gsi in affected {
                 if let Some(mut src) = st.sources.get(&gsi).copied() {
                     let route = self.translate_source(&mut st, &mut src);
+                    eager |= src.eager;
                     st.sources.insert(gsi, src);
                     batch.push((gsi, route));
                 }
             }
             drop(st);
-            self.routes.update(batch)?;
+            if eager {
+                self.routes.update(batch)?;
+            } else {
+                self.routes.stage(batch)?;
+            }
         }
         self.deliver(&effects.interrupts);
         Ok(())
@@ -268,8 +289,8 @@ mod tests {
     use virtual_iommu::msi::DeliveryMode;
     use virtual_iommu::vtd::irte::build;
     use virtual_iommu::vtd::regs::{
-        FECTL_REG, FSTS_PPF, FSTS_REG, GCMD_IRE, GCMD_REG, GCMD_SIRTP, GSTS_REG, IRTA_EIME,
-        IRTA_REG,
+        FEADDR_REG, FECTL_REG, FEDATA_REG, FSTS_PPF, FSTS_REG, GCMD_IRE, GCMD_REG, GCMD_SIRTP,
+        GSTS_REG, IRTA_EIME, IRTA_REG,
     };
     use virtual_iommu::VtdConfig;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -404,10 +425,12 @@ mod tests {
             1,
             "only the covered route is re-translated"
         );
+        assert_eq!(rig.commits(), commits, "staged until the next delivery");
+        rig.router.trigger(gsis.start + 5);
         assert_eq!(
             rig.commits(),
             commits + 1,
-            "one KVM_SET_GSI_ROUTING per invalidation"
+            "one KVM_SET_GSI_ROUTING before the delivery"
         );
         let r = rig.router.route(gsis.start + 5).unwrap();
         assert_eq!((r.destination(), r.vector()), (1000, 0x41));
@@ -423,11 +446,18 @@ mod tests {
             rig.router.stats().translations - after.translations,
             u64::from(n)
         );
-        assert_eq!(rig.commits(), commits + 1);
-        // With two IRTEs rewritten, a global invalidation commits both in one call.
+        rig.router.trigger(gsis.start);
+        assert_eq!(
+            rig.commits(),
+            commits + 1,
+            "unchanged routes cost no commit"
+        );
+        // Two IRTEs rewritten and invalidated twice: still one commit before the delivery.
         rig.write_irte(7, 2000, 0x42);
         rig.write_irte(9, 2001, 0x42);
         rig.router.apply(&global).unwrap();
+        rig.router.apply(&effects).unwrap();
+        rig.router.trigger(gsis.start + 7);
         assert_eq!(rig.commits(), commits + 2);
         assert_eq!(
             rig.router.route(gsis.start + 9).unwrap().destination(),
@@ -439,7 +469,9 @@ mod tests {
     fn blocked_source_records_fault_when_it_fires() {
         let mut rig = Rig::new();
         rig.enable_ir();
-        // Unmask the fault event interrupt (FECTL.IM clear).
+        // Aim the fault event at APIC ID 0, vector 0x42, and unmask it (FECTL.IM clear).
+        rig.mmio.write(FEDATA_REG, &0x42u32.to_le_bytes());
+        rig.mmio.write(FEADDR_REG, &0xfee0_0000u32.to_le_bytes());
         rig.mmio.write(FECTL_REG, &0u32.to_le_bytes());
         let gsi = rig.router.allocate(1).unwrap().start;
         // IRTE 9 is not present.

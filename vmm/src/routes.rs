@@ -3,7 +3,10 @@
 //! Routes play the role of the interrupt-entry cache: a route holds the message after any
 //! remapping or extended-destination decoding, and changes only when its source is
 //! reprogrammed (or, with an IOMMU, when the guest invalidates). `KVM_SET_GSI_ROUTING`
-//! replaces KVM's whole table, so every change set is committed with one call.
+//! replaces KVM's whole table (and waits for an SRCU grace period, ~200 µs here), so
+//! changes are either committed as one call ([`RouteTable::update`]) or staged
+//! ([`RouteTable::stage`]) and committed once by [`RouteTable::flush`] before a staged route
+//! is next used: any number of changes between two deliveries cost one commit.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -46,13 +49,15 @@ impl RoutingBackend for VmFd {
 pub struct RouteStats {
     /// `KVM_SET_GSI_ROUTING` calls made.
     pub commits: u64,
-    /// Route entries changed (added, replaced or removed) over all commits.
+    /// Route entries changed (added, replaced or removed), committed or staged.
     pub changes: u64,
 }
 
 struct Inner {
     routes: BTreeMap<u32, MsiMessage>,
     stats: RouteStats,
+    /// Staged changes not yet committed to KVM.
+    dirty: bool,
 }
 
 /// The VM's GSI routing table.
@@ -82,17 +87,43 @@ impl<B: RoutingBackend> RouteTable<B> {
             inner: Mutex::new(Inner {
                 routes: BTreeMap::new(),
                 stats: RouteStats::default(),
+                dirty: false,
             }),
         }
     }
 
-    /// Applies `changes` (`None` removes the route) and commits once if anything changed.
-    /// Returns the number of routes that actually changed.
+    /// Applies `changes` (`None` removes the route) and commits once if anything changed
+    /// (or earlier staged changes are pending). Returns the number of routes that changed.
     pub fn update<I>(&self, changes: I) -> Result<usize, RouteError>
     where
         I: IntoIterator<Item = (u32, Option<MsiMessage>)>,
     {
         let mut inner = self.inner.lock().map_err(|_| RouteError::Poisoned)?;
+        let changed = Self::apply_changes(&mut inner, changes);
+        self.commit_if_dirty(&mut inner)?;
+        Ok(changed)
+    }
+
+    /// Applies `changes` to the table without committing; [`RouteTable::flush`] commits
+    /// them. Returns the number of routes that changed.
+    pub fn stage<I>(&self, changes: I) -> Result<usize, RouteError>
+    where
+        I: IntoIterator<Item = (u32, Option<MsiMessage>)>,
+    {
+        let mut inner = self.inner.lock().map_err(|_| RouteError::Poisoned)?;
+        Ok(Self::apply_changes(&mut inner, changes))
+    }
+
+    /// Commits staged changes, if any, with one `KVM_SET_GSI_ROUTING`.
+    pub fn flush(&self) -> Result<(), RouteError> {
+        let mut inner = self.inner.lock().map_err(|_| RouteError::Poisoned)?;
+        self.commit_if_dirty(&mut inner)
+    }
+
+    fn apply_changes<I>(inner: &mut Inner, changes: I) -> usize
+    where
+        I: IntoIterator<Item = (u32, Option<MsiMessage>)>,
+    {
         let mut changed = 0;
         for (gsi, msg) in changes {
             let prev = match msg {
@@ -103,14 +134,20 @@ impl<B: RoutingBackend> RouteTable<B> {
                 changed += 1;
             }
         }
-        if changed == 0 {
-            return Ok(0);
+        inner.stats.changes += changed as u64;
+        inner.dirty |= changed > 0;
+        changed
+    }
+
+    fn commit_if_dirty(&self, inner: &mut Inner) -> Result<(), RouteError> {
+        if !inner.dirty {
+            return Ok(());
         }
         let entries: Vec<_> = inner.routes.iter().map(|(g, m)| msi_entry(*g, m)).collect();
         self.backend.set_routes(&entries)?;
         inner.stats.commits += 1;
-        inner.stats.changes += changed as u64;
-        Ok(changed)
+        inner.dirty = false;
+        Ok(())
     }
 
     /// The current route of `gsi`.
@@ -193,6 +230,41 @@ mod tests {
         assert_eq!(t.update([(5, None)]).unwrap(), 0);
         assert_eq!(t.stats().commits, 1);
         assert_eq!(t.get(4).unwrap().destination(), 300);
+    }
+
+    #[test]
+    fn staged_changes_commit_once_on_flush() {
+        let t = RouteTable::new(Recorder::default());
+        for v in 0..5u8 {
+            t.stage([(u32::from(v), Some(msg(1, 0x30 + v)))]).unwrap();
+        }
+        t.stage([(2, Some(msg(9, 0x40)))]).unwrap();
+        assert_eq!(t.stats().commits, 0, "staging does not commit");
+        assert_eq!(
+            t.get(2).unwrap().destination(),
+            9,
+            "lookups see staged routes"
+        );
+        t.flush().unwrap();
+        t.flush().unwrap();
+        let calls = t.backend().0.lock().unwrap().clone();
+        assert_eq!(
+            calls.len(),
+            1,
+            "one commit for all staged changes, none when clean"
+        );
+        assert_eq!(calls[0].len(), 5);
+        assert_eq!(
+            t.stats(),
+            RouteStats {
+                commits: 1,
+                changes: 6
+            }
+        );
+        // An eager update also carries earlier staged changes.
+        t.stage([(7, Some(msg(2, 0x50)))]).unwrap();
+        t.update([(8, Some(msg(3, 0x51)))]).unwrap();
+        assert_eq!(t.backend().0.lock().unwrap().last().unwrap().len(), 7);
     }
 
     #[test]
