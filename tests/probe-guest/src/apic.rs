@@ -20,6 +20,14 @@ pub const MSR_X2APIC_TPR: u32 = 0x808;
 pub const MSR_X2APIC_EOI: u32 = 0x80b;
 /// Spurious-interrupt vector register.
 pub const MSR_X2APIC_SVR: u32 = 0x80f;
+/// First in-service register (vectors 31:0); register n holds vectors 32n+31..32n.
+pub const MSR_X2APIC_ISR0: u32 = 0x810;
+/// First interrupt request register, laid out like the ISR.
+pub const MSR_X2APIC_IRR0: u32 = 0x820;
+/// Registers in an ISR or IRR set (256 vectors, 32 per register).
+const VECTOR_SET_REGS: u32 = 8;
+/// Vectors per ISR/IRR register.
+const VECTORS_PER_REG: u32 = 32;
 /// Interrupt command register (one 64-bit MSR in x2APIC mode).
 pub const MSR_X2APIC_ICR: u32 = 0x830;
 /// LVT timer register.
@@ -137,4 +145,22 @@ pub fn stop_timer() {
         x86::wrmsr(MSR_X2APIC_TIMER_INITIAL, 0);
         x86::wrmsr(MSR_X2APIC_LVT_TIMER, LVT_MASKED);
     }
+}
+
+/// The lowest vector set in this CPU's 256-bit vector register set starting at MSR `first`
+/// ([`MSR_X2APIC_IRR0`] or [`MSR_X2APIC_ISR0`]) that is not in `allowed`.
+pub fn first_vector_in(first: u32, allowed: &[u8]) -> Option<u8> {
+    for reg in 0..VECTOR_SET_REGS {
+        // SAFETY: the ISR and IRR registers exist in x2APIC mode, which the caller's CPU is
+        // in (every scenario that uses interrupts switches it first); reading them has no
+        // side effects.
+        let bits = unsafe { x86::rdmsr(first + reg) } as u32;
+        for bit in 0..VECTORS_PER_REG {
+            let vector = (reg * VECTORS_PER_REG + bit) as u8;
+            if bits & (1 << bit) != 0 && !allowed.contains(&vector) {
+                return Some(vector);
+            }
+        }
+    }
+    None
 }

@@ -10,8 +10,10 @@ use crate::text;
 const IOREGSEL: u64 = 0x00;
 /// IOWIN offset (the selected register's value).
 const IOWIN: u64 = 0x10;
+/// Index of the ID register (bits 27:24: the I/O APIC ID).
+pub const REG_ID: u32 = 0x00;
 /// Index of the version register (bits 23:16: highest redirection entry).
-const REG_VERSION: u32 = 0x01;
+pub const REG_VERSION: u32 = 0x01;
 /// Index of the low dword of RTE 0; RTE n is at 0x10 + 2n (low) and 0x11 + 2n (high).
 const REG_REDTBL_BASE: u32 = 0x10;
 /// Shift of the highest-entry field in the version register.
@@ -108,7 +110,8 @@ impl IoApic {
         Err(text!("no IOAPIC in the MADT serves GSI {}", gsi))
     }
 
-    fn read(&self, index: u32) -> u32 {
+    /// Reads register `index` (IOREGSEL, then IOWIN).
+    pub fn read(&self, index: u32) -> u32 {
         // SAFETY: `base` is the MADT's IOAPIC, identity-mapped uncached (checked in
         // `for_gsi`); IOREGSEL/IOWIN are 32-bit registers accessed with 32-bit loads/stores.
         unsafe {
@@ -117,7 +120,8 @@ impl IoApic {
         }
     }
 
-    fn write(&self, index: u32, value: u32) {
+    /// Writes register `index` (IOREGSEL, then IOWIN).
+    pub fn write(&self, index: u32, value: u32) {
         // SAFETY: as in `read`; the probe is the only user of the IOAPIC.
         unsafe {
             core::ptr::write_volatile((self.base + IOREGSEL) as *mut u32, index);

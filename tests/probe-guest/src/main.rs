@@ -32,7 +32,9 @@ mod mmio;
 mod msi;
 mod pci;
 mod phys;
+mod prng;
 mod pvh;
+mod raw;
 mod report;
 #[allow(dead_code)]
 mod scenarios;

@@ -9,26 +9,26 @@ use crate::report::Text;
 use crate::{text, x86};
 
 /// CONFIG_ADDRESS port.
-const CONFIG_ADDRESS: u16 = 0xcf8;
+pub const CONFIG_ADDRESS: u16 = 0xcf8;
 /// CONFIG_DATA port (plus the low two offset bits for narrower accesses).
-const CONFIG_DATA: u16 = 0xcfc;
+pub const CONFIG_DATA: u16 = 0xcfc;
 /// CONFIG_ADDRESS bit 31: enable (a configuration cycle).
-const CONFIG_ENABLE: u32 = 1 << 31;
+pub const CONFIG_ENABLE: u32 = 1 << 31;
 /// CONFIG_ADDRESS: bus number shift (23:16).
-const ADDR_BUS_SHIFT: u32 = 16;
+pub const ADDR_BUS_SHIFT: u32 = 16;
 /// CONFIG_ADDRESS: device number shift (15:11).
-const ADDR_DEVICE_SHIFT: u32 = 11;
+pub const ADDR_DEVICE_SHIFT: u32 = 11;
 /// CONFIG_ADDRESS: function number shift (10:8).
-const ADDR_FUNCTION_SHIFT: u32 = 8;
+pub const ADDR_FUNCTION_SHIFT: u32 = 8;
 /// CONFIG_ADDRESS: register offset bits (7:2; the low two bits go to the data port).
 const ADDR_OFFSET_MASK: u16 = 0xfc;
 /// Offset bits selecting the byte lane within the data port.
 const DATA_LANE_MASK: u16 = 0x3;
 
 /// Devices per bus.
-const DEVICES: u8 = 32;
+pub const DEVICES: u8 = 32;
 /// Functions per device.
-const FUNCTIONS: u8 = 8;
+pub const FUNCTIONS: u8 = 8;
 /// Functions a bus can hold: the most [`find_all_on_bus0`] can report.
 pub const BUS_FUNCTIONS: usize = DEVICES as usize * FUNCTIONS as usize;
 
@@ -41,25 +41,25 @@ pub const REG_COMMAND: u16 = 0x04;
 /// Status register (16-bit).
 pub const REG_STATUS: u16 = 0x06;
 /// Header type register (8-bit; bit 7 = multi-function device).
-const REG_HEADER_TYPE: u16 = 0x0e;
+pub const REG_HEADER_TYPE: u16 = 0x0e;
 /// First BAR register; BAR n is at `REG_BAR0 + 4 * n`.
-const REG_BAR0: u16 = 0x10;
+pub const REG_BAR0: u16 = 0x10;
 /// Capabilities pointer (8-bit).
 const REG_CAPABILITIES: u16 = 0x34;
 /// Distance between BAR registers.
-const BAR_STRIDE: u16 = 4;
+pub const BAR_STRIDE: u16 = 4;
 /// Requester ID: bus number shift (15:8).
 const SID_BUS_SHIFT: u32 = 8;
 /// Requester ID: device number shift (7:3); the function is bits 2:0.
 const SID_DEVICE_SHIFT: u32 = 3;
 /// Vendor ID of an absent function.
-const NO_VENDOR: u16 = 0xffff;
+pub const NO_VENDOR: u16 = 0xffff;
 /// Header type bit 7: the device has functions 1-7.
-const HEADER_MULTI_FUNCTION: u8 = 1 << 7;
+pub const HEADER_MULTI_FUNCTION: u8 = 1 << 7;
 /// Header type bits 6:0 = 0: a general (type 0) device header with six BARs.
 const HEADER_TYPE_MASK: u8 = 0x7f;
 /// BARs of a type 0 header.
-const TYPE0_BARS: u8 = 6;
+pub const TYPE0_BARS: u8 = 6;
 
 /// Command bit 1: memory space decode.
 pub const COMMAND_MEMORY: u16 = 1 << 1;
@@ -71,13 +71,13 @@ pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 const STATUS_CAPABILITIES: u16 = 1 << 4;
 
 /// BAR bit 0: I/O space BAR.
-const BAR_IO: u32 = 1 << 0;
+pub const BAR_IO: u32 = 1 << 0;
 /// BAR bits 2:1 (memory): type; 0b10 = 64-bit.
-const BAR_TYPE_MASK: u32 = 0b110;
+pub const BAR_TYPE_MASK: u32 = 0b110;
 /// BAR type 64-bit.
-const BAR_TYPE_64: u32 = 0b100;
+pub const BAR_TYPE_64: u32 = 0b100;
 /// Memory BAR address bits (31:4).
-const BAR_MEMORY_MASK: u32 = !0xf;
+pub const BAR_MEMORY_MASK: u32 = !0xf;
 
 /// Capability list entries hold a dword-aligned pointer; bits 1:0 are reserved.
 const CAP_POINTER_MASK: u8 = 0xfc;
@@ -234,6 +234,42 @@ pub fn find_on_bus0(vendor: u16, device: u16) -> Option<Function> {
         function: 0,
     }];
     (find_all_on_bus0(vendor, device, &mut found) > 0).then_some(found[0])
+}
+
+/// Every function on bus 0 (any vendor, any header type), in scan order (devices ascending,
+/// then functions; functions 1-7 only of multi-function devices), copied into `out` as far
+/// as it holds them; returns how many there are.
+pub fn all_on_bus0(out: &mut [Function]) -> usize {
+    let mut n = 0;
+    for dev in 0..DEVICES {
+        let first = Function {
+            bus: 0,
+            device: dev,
+            function: 0,
+        };
+        if first.read16(REG_VENDOR) == NO_VENDOR {
+            continue;
+        }
+        let functions = if first.read8(REG_HEADER_TYPE) & HEADER_MULTI_FUNCTION != 0 {
+            FUNCTIONS
+        } else {
+            1
+        };
+        for function in 0..functions {
+            let f = Function {
+                bus: 0,
+                device: dev,
+                function,
+            };
+            if f.read16(REG_VENDOR) != NO_VENDOR {
+                if let Some(slot) = out.get_mut(n) {
+                    *slot = f;
+                }
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Every type 0 function on bus 0 with `vendor:device`, in scan order (devices ascending,

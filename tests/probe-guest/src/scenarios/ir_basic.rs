@@ -16,8 +16,8 @@
 //!
 //! Passes with `from=A to=B index=I`.
 
-use super::ir_common::{self, Vmm, DELIVERY_TIMEOUT_NS, SETTLE_NS};
-use super::smp;
+use super::ir_common::{self, IrPlatform, Vmm, DELIVERY_TIMEOUT_NS, SETTLE_NS};
+use super::smp::{self, Smp};
 use super::Context;
 use crate::ap::ApMode;
 use crate::clock::Clock;
@@ -45,13 +45,36 @@ fn fire(edu: &Edu, clock: &Clock, total: u32) -> bool {
     arrived
 }
 
+/// Where the steps moved the interrupt.
+pub struct Moved {
+    /// The highest APIC ID: the entry's first target.
+    pub from: u32,
+    /// The lowest AP ID: where the interrupt goes after the invalidation.
+    pub to: u32,
+    /// The entry the device's MSI names.
+    pub index: u32,
+}
+
 /// Runs the scenario.
 pub fn run(ctx: &Context) -> Outcome {
     let smp = smp::prepare(ctx)?;
     let platform = ir_common::discover(ctx)?;
+    let moved = exercise(ctx, &smp, &platform)?;
+    Ok(text!(
+        "from={} to={} index={}",
+        moved.from,
+        moved.to,
+        moved.index
+    ))
+}
+
+/// The scenario's steps after [`smp::prepare`] and [`ir_common::discover`]: enables
+/// remapping, starts the APs and checks the three raises (see the module documentation).
+/// Shared with `hostile`, which runs them after its garbage.
+pub fn exercise(ctx: &Context, smp: &Smp, platform: &IrPlatform) -> Result<Moved, Text> {
     let edu = Edu::find(edu::EDU_DEVICE_ID)?;
     let msi = Msi::find(edu.function)?;
-    let from = ir_common::highest_ap(&smp)?;
+    let from = ir_common::highest_ap(smp)?;
     let to = smp
         .cpus
         .ids()
@@ -65,7 +88,7 @@ pub fn run(ctx: &Context) -> Outcome {
     irq::set_handler(VECTOR, tally::on_device)?;
     // Remapping first, as Linux enables it before it starts the APs.
     let mut vtd = ir_common::enable(&platform.pci_unit(edu.function)?, clock, TABLE_LOG2_LINUX)?;
-    smp::bring_up(ctx, &smp, ApMode::Interrupts)?;
+    smp::bring_up(ctx, smp, ApMode::Interrupts)?;
     vtd.set_irte(INDEX, Irte::remapped(VECTOR, from).verify_sid(sid))?;
     vtd.invalidate_entries(INDEX, 0)?;
     let handle = index_handle(INDEX)?;
@@ -144,7 +167,11 @@ pub fn run(ctx: &Context) -> Outcome {
     }
     irq::stop_tick();
     msi.disable();
-    Ok(text!("from={} to={} index={}", from, to, INDEX))
+    Ok(Moved {
+        from,
+        to,
+        index: INDEX,
+    })
 }
 
 /// `index` as a 16-bit handle.

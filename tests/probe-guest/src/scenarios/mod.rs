@@ -6,10 +6,12 @@
 //!
 //! The `ir-*` scenarios drive the platform's Intel VT-d unit (interrupt remapping, found
 //! through the DMAR) with the edu test device and the I/O APIC; their shared parts are in
-//! `ir_common`; `ir-bench` times invalidations with many remapped vectors live.
+//! `ir_common`; `ir-bench` times invalidations with many remapped vectors live. `hostile`
+//! writes garbage into every emulated register window, then runs `ir-basic`'s steps.
 
 mod boot;
 mod fault;
+mod hostile;
 mod ioapic_extdest;
 mod ipi;
 mod ir_basic;
@@ -96,6 +98,11 @@ pub static ALL: &[Scenario] = &[
         name: "ir-bench",
         summary: "times IRTE rewrite + index-selective IEC + wait with probe.vectors=N live remapped vectors",
         run: ir_bench::run,
+    },
+    Scenario {
+        name: "hostile",
+        summary: "garbage into every emulated register window, then the ir-basic steps must still pass",
+        run: hostile::run,
     },
     Scenario {
         name: "poweroff",

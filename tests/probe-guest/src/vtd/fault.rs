@@ -7,6 +7,7 @@
 //! as Linux's `dmar_fault` does).
 
 use super::Vtd;
+use crate::mmio::Mmio;
 
 /// CAP: shift and mask of FRO (fault-recording register offset / 16, bits 33:24).
 const CAP_FRO_SHIFT: u32 = 24;
@@ -38,6 +39,8 @@ const FRCD_IR_INDEX_SHIFT: u32 = 48;
 pub const FR_INDEX_BEYOND_TABLE: u8 = 0x21;
 /// Fault reason 0x22: the entry is not present.
 pub const FR_NOT_PRESENT: u8 = 0x22;
+/// Fault reason 0x23: the entry could not be read (no table, or not in memory).
+pub const FR_TABLE_READ_FAILED: u8 = 0x23;
 /// Fault reason 0x24: reserved bits set in a present entry.
 pub const FR_RESERVED_BITS: u8 = 0x24;
 /// Fault reason 0x25: compatibility-format interrupt blocked.
@@ -54,13 +57,13 @@ const FSTS_FRI_SHIFT: u32 = 8;
 const FSTS_FRI_MASK: u32 = 0xff;
 
 /// Fault event control register: IM (bit 31) masks the event; IP (30) is pending.
-const FECTL_REG: u64 = 0x38;
+pub(crate) const FECTL_REG: u64 = 0x38;
 /// Fault event data register (the vector for a fixed interrupt).
-const FEDATA_REG: u64 = 0x3c;
+pub(crate) const FEDATA_REG: u64 = 0x3c;
 /// Fault event address register.
-const FEADDR_REG: u64 = 0x40;
+pub(crate) const FEADDR_REG: u64 = 0x40;
 /// Fault event upper address register: destination bits 31:8 in x2APIC mode.
-const FEUADDR_REG: u64 = 0x44;
+pub(crate) const FEUADDR_REG: u64 = 0x44;
 /// FECTL value with IM clear: events are sent.
 const FECTL_UNMASKED: u32 = 0;
 /// Interrupt window address.
@@ -98,14 +101,40 @@ impl FaultRecord {
     }
 }
 
+/// Number of fault-recording registers a unit with capability register `cap` has
+/// (CAP.NFR + 1).
+pub fn record_count(cap: u64) -> u32 {
+    ((cap >> CAP_NFR_SHIFT) & CAP_NFR_MASK) as u32 + 1
+}
+
+/// Offset in the register page of fault-recording register `slot` (CAP.FRO * 16 + 16 * slot).
+pub fn record_offset(cap: u64, slot: u32) -> u64 {
+    ((cap >> CAP_FRO_SHIFT) & CAP_FRO_MASK) * FRO_UNIT + u64::from(slot) * FRCD_SIZE
+}
+
+/// Record `slot` of the unit whose registers are `regs`, if its F bit is set.
+pub fn read_pending(regs: &Mmio, cap: u64, slot: u32) -> Option<FaultRecord> {
+    let at = record_offset(cap, slot);
+    let high = regs.read64(at + FRCD_HIGH);
+    (high & FRCD_F != 0).then(|| FaultRecord {
+        slot,
+        low: regs.read64(at),
+        high,
+    })
+}
+
+/// Clears record `slot` (writes 1 to its F bit, the top bit of its last dword).
+pub fn clear_record(regs: &Mmio, cap: u64, slot: u32) {
+    regs.write32(
+        record_offset(cap, slot) + FRCD_LAST_DWORD,
+        FRCD_LAST_DWORD_F,
+    );
+}
+
 impl Vtd {
     /// Number of fault-recording registers (CAP.NFR + 1).
     pub fn fault_records(&self) -> u32 {
-        ((self.cap() >> CAP_NFR_SHIFT) & CAP_NFR_MASK) as u32 + 1
-    }
-
-    fn record_offset(&self, slot: u32) -> u64 {
-        ((self.cap() >> CAP_FRO_SHIFT) & CAP_FRO_MASK) * FRO_UNIT + u64::from(slot) * FRCD_SIZE
+        record_count(self.cap())
     }
 
     /// The records with F set, in register order; returns how many were found (at most
@@ -113,17 +142,11 @@ impl Vtd {
     pub fn pending_faults(&self, out: &mut [FaultRecord]) -> usize {
         let mut n = 0;
         for slot in 0..self.fault_records() {
-            let at = self.record_offset(slot);
-            let high = self.regs().read64(at + FRCD_HIGH);
-            if high & FRCD_F == 0 {
+            let Some(record) = read_pending(self.regs(), self.cap(), slot) else {
                 continue;
-            }
+            };
             if let Some(o) = out.get_mut(n) {
-                *o = FaultRecord {
-                    slot,
-                    low: self.regs().read64(at),
-                    high,
-                };
+                *o = record;
             }
             n += 1;
         }
@@ -132,8 +155,7 @@ impl Vtd {
 
     /// Clears record `slot` (writes 1 to its F bit).
     pub fn clear_fault(&self, slot: u32) {
-        let at = self.record_offset(slot);
-        self.regs().write32(at + FRCD_LAST_DWORD, FRCD_LAST_DWORD_F);
+        clear_record(self.regs(), self.cap(), slot);
     }
 
     /// FSTS.FRI: the record that set PPF.

@@ -27,22 +27,22 @@ use crate::{text, x86};
 pub use irte::Irte;
 
 /// Size of a unit's register window.
-const REGS_SIZE: u64 = 0x1000;
+pub(crate) const REGS_SIZE: u64 = 0x1000;
 
 /// Version register (32-bit).
-const VER_REG: u64 = 0x00;
+pub(crate) const VER_REG: u64 = 0x00;
 /// Capability register (64-bit).
-const CAP_REG: u64 = 0x08;
+pub(crate) const CAP_REG: u64 = 0x08;
 /// Extended capability register (64-bit).
-const ECAP_REG: u64 = 0x10;
+pub(crate) const ECAP_REG: u64 = 0x10;
 /// Global command register (32-bit, write-only).
-const GCMD_REG: u64 = 0x18;
+pub(crate) const GCMD_REG: u64 = 0x18;
 /// Global status register (32-bit).
-const GSTS_REG: u64 = 0x1c;
+pub(crate) const GSTS_REG: u64 = 0x1c;
 /// Fault status register (32-bit).
 pub(crate) const FSTS_REG: u64 = 0x34;
 /// Interrupt remapping table address register (64-bit).
-const IRTA_REG: u64 = 0xb8;
+pub(crate) const IRTA_REG: u64 = 0xb8;
 
 /// ECAP.QI: queued invalidation.
 const ECAP_QI: u64 = 1 << 1;
@@ -52,27 +52,27 @@ const ECAP_IR: u64 = 1 << 3;
 const ECAP_EIM: u64 = 1 << 4;
 
 /// GCMD/GSTS bit 31: translation enable (DMA remapping; never set by the probe).
-const GCMD_TE: u32 = 1 << 31;
+pub(crate) const GCMD_TE: u32 = 1 << 31;
 /// GCMD bit 30: set root table pointer (one-shot).
-const GCMD_SRTP: u32 = 1 << 30;
+pub(crate) const GCMD_SRTP: u32 = 1 << 30;
 /// GCMD bit 29: set fault log (one-shot).
-const GCMD_SFL: u32 = 1 << 29;
+pub(crate) const GCMD_SFL: u32 = 1 << 29;
 /// GCMD bit 27: write buffer flush (one-shot).
-const GCMD_WBF: u32 = 1 << 27;
+pub(crate) const GCMD_WBF: u32 = 1 << 27;
 /// GCMD/GSTS bit 26: queued invalidation enable / status.
-const GCMD_QIE: u32 = 1 << 26;
+pub(crate) const GCMD_QIE: u32 = 1 << 26;
 /// GCMD/GSTS bit 25: interrupt remapping enable / status.
-const GCMD_IRE: u32 = 1 << 25;
+pub(crate) const GCMD_IRE: u32 = 1 << 25;
 /// GCMD bit 24: set interrupt remap table pointer (one-shot); GSTS bit 24: IRTPS.
-const GCMD_SIRTP: u32 = 1 << 24;
+pub(crate) const GCMD_SIRTP: u32 = 1 << 24;
 /// GCMD/GSTS bit 23: compatibility-format interrupts allowed / status.
-const GCMD_CFI: u32 = 1 << 23;
+pub(crate) const GCMD_CFI: u32 = 1 << 23;
 /// GSTS bits that mirror one-shot GCMD bits: never written back (Linux masks them the same
 /// way, `sts & 0x96ffffff`), or each GCMD write would repeat the one-shot operation.
-const GCMD_ONE_SHOT: u32 = GCMD_SRTP | GCMD_SFL | GCMD_WBF | GCMD_SIRTP;
+pub(crate) const GCMD_ONE_SHOT: u32 = GCMD_SRTP | GCMD_SFL | GCMD_WBF | GCMD_SIRTP;
 
 /// IRTA.EIME (bit 11): extended interrupt mode, 32-bit destination IDs.
-const IRTA_EIME: u64 = 1 << 11;
+pub(crate) const IRTA_EIME: u64 = 1 << 11;
 /// Most entries the probe's table holds, as log2 (Linux's 65536, IRTA.S = 15).
 pub const TABLE_LOG2_MAX: u32 = irte::TABLE_LOG2_MAX;
 /// The table size Linux uses, as log2.

@@ -1,0 +1,515 @@
+//! `probe=hostile`: garbage into every register window the platform emulates, then proof
+//! that the VMM still delivers interrupts correctly (the `ir-basic` steps) and exits cleanly.
+//!
+//! A VMM's device models are its attack surface: whatever a guest writes to them, the VMM
+//! must neither crash nor hang, and must keep serving the guest once the guest behaves again.
+//! This scenario plays the hostile guest, deterministically: every choice comes from a
+//! SplitMix64 generator seeded with `probe.seed=N` (decimal, default [`DEFAULT_SEED`]), so a
+//! failure replays with the same seed. `probe.rounds=K` (default 1, at most
+//! [`MAX_ROUNDS`]) repeats the garbage phase K times before the recovery.
+//!
+//! One round (about 3500 accesses of 1, 2, 4 or 8 bytes, often misaligned; about a second on
+//! the build machines), on the BSP with interrupts off and the APs not started:
+//!
+//! 1. PCI configuration space through ports 0xcf8/0xcfc (random addresses, the enable bit
+//!    sometimes clear, reserved and type bits, every byte lane) and through ECAM (the MCFG's
+//!    window: random bus, device, function and offset), aimed at existing functions half of
+//!    the time; reads of functions that do not exist must be all ones. Then every function's
+//!    command register, BARs, expansion ROM, interrupt line and MSI/MSI-X control are put
+//!    back as they were and checked ([`pci`]).
+//! 2. The edu devices' BARs: registers (DMA ones included), the rest of the 1 MiB register
+//!    BAR, the MSI-X table (entries with plausible and implausible messages) and PBA, with
+//!    MSI and MSI-X enabled on garbage messages but bus mastering off, so every raise is
+//!    dropped by the device.
+//! 3. The I/O APIC window: IOREGSEL, IOWIN (redirection entries included), the EOI register.
+//! 4. The VT-d register page (every offset, GCMD with random commands, IQT inside, beyond and
+//!    wrapping around the queue, IQA sizes and descriptor widths, IRTA in and beyond RAM,
+//!    fault-recording registers, FSTS) with IQA always pointing at a queue of random
+//!    descriptors (valid, invalid, unknown types) the probe wrote ([`vtd`]). Then two
+//!    deliveries through the state the garbage left: with remapping off, edu's MSI in
+//!    compatibility format must reach the BSP exactly once while every other source's route
+//!    is garbage (the VMM commits its whole route table for that delivery); with IRTA beyond
+//!    RAM and remapping on, a remappable MSI must be blocked (irvmm must record fault 0x23).
+//! 5. The I/O APIC's entries and the PCI functions are restored (sources disarmed), then
+//!    COM1's eight ports get garbage with the I/O APIC's pins masked (bytes written to THR are
+//!    printable, so the console stays text); COM1 is reinitialised afterwards.
+//! 6. The platform controls: ACPI sleep control/status (0x600/0x601), reset control (0xcf9)
+//!    and debug exit (0x501/0x502), except the writes that legitimately end the VM, which are
+//!    withheld (read instead): SLP_EN with SLP_TYP = 5 (S5) at 0x600, anything at
+//!    0x501-0x502, RST_CPU (bit 2) at 0xcf9. The same rule covers every port write of the
+//!    scenario (multi-byte accesses by each byte lane; a dword at 0xcf8 is CONFIG_ADDRESS).
+//! 7. On irvmm only (DMAR OEM ID "IRVMM "): unclaimed ports (0-0xffff outside its devices)
+//!    and unclaimed MMIO in the hole between the ECAM window and 0xfff00000 (outside the
+//!    ECAM window, the I/O APIC, the VT-d unit, the local APIC window and the BARs): writes,
+//!    then reads that must be all ones.
+//! 8. The VT-d unit is reset the way a guest would: remapping, queued invalidation and
+//!    translation off through GCMD, FSTS's write-1-to-clear bits and every fault record
+//!    cleared, the event interrupts masked, the pointers zeroed; the BSP must then have no
+//!    interrupt pending or in service other than its own timer tick.
+//!
+//! Writes whose only possible effect is to corrupt the probe itself are not made either: IQA
+//! never points into memory the probe uses (only at its garbage queue, or above 4 GiB), wait
+//! descriptors in that queue write their status only to a scratch dword, the event control
+//! registers (FECTL, IECTL, PECTL) keep their mask bit, and the edu DMA start bit is set only
+//! on irvmm (which has no DMA engine; QEMU's would copy to random guest addresses).
+//!
+//! Recovery: the `ir-basic` steps (queued invalidation and remapping in x2APIC mode, every AP
+//! started, edu's MSI remapped to the highest APIC ID, the entry moved with an
+//! index-selective invalidation), then `PROBE PASS hostile accesses=N seed=S`, N counting
+//! every garbage access (configuration-address writes included).
+
+mod legacy;
+mod pci;
+mod vtd;
+
+use super::ir_basic;
+use super::ir_common::{self, Vmm};
+use super::smp::{self, Smp};
+use super::Context;
+use crate::clock::Clock;
+use crate::edu::{self, EDU_DEVICE_ID, EDU_MSIX_DEVICE_ID};
+use crate::ioapic::IoApic;
+use crate::pci::Function;
+use crate::phys;
+use crate::prng::Rng;
+use crate::raw::{self, Width};
+use crate::report::{Outcome, Text};
+use crate::{apic, irq, pvh, sprintln, text};
+
+/// Seed used without `probe.seed=`.
+pub const DEFAULT_SEED: u32 = 1;
+/// Most rounds `probe.rounds=` may ask for.
+pub const MAX_ROUNDS: u32 = 1000;
+
+/// Accesses per round through the configuration ports (each a CONFIG_ADDRESS write plus a
+/// data access, counted as two).
+const CONFIG_PORT_ACCESSES: u32 = 250;
+/// Accesses per round through ECAM.
+const ECAM_ACCESSES: u32 = 400;
+/// Accesses per round to the edu devices' BARs.
+const BAR_ACCESSES: u32 = 500;
+/// Accesses per round to the I/O APIC window.
+const IOAPIC_ACCESSES: u32 = 300;
+/// Accesses per round to the VT-d register page.
+const VTD_ACCESSES: u32 = 1000;
+/// Accesses per round to COM1.
+const COM1_ACCESSES: u32 = 200;
+/// Accesses per round to the platform control ports.
+const CONTROL_ACCESSES: u32 = 60;
+/// Unclaimed port accesses per round (irvmm only), each a write and a read.
+const UNCLAIMED_PORT_ACCESSES: u32 = 150;
+/// Unclaimed MMIO accesses per round (irvmm only), each a write and a read.
+const UNCLAIMED_MMIO_ACCESSES: u32 = 150;
+/// Reads that were not all ones printed per run on VMMs where that is only observed.
+const MAX_PRINTED_ODDITIES: u32 = 4;
+
+/// Vectors the BSP may have pending after a round: its wake-up tick and the spurious vector.
+const ALLOWED_PENDING: [u8; 2] = [irq::TIMER_VECTOR, irq::SPURIOUS_VECTOR];
+
+/// A register window the scenario fills with garbage: identity-mapped (checked once).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Window {
+    base: u64,
+    len: u64,
+}
+
+impl Window {
+    /// Smallest window: one access of the widest kind must fit.
+    const MIN_LEN: u64 = 8;
+
+    /// The window `[base, base + len)`; fails when it is not identity-mapped or too short.
+    pub(super) fn new(what: &str, base: u64, len: u64) -> Result<Window, Text> {
+        if len < Self::MIN_LEN || !phys::is_mapped(base, len) {
+            return Err(text!(
+                "{} at 0x{:x}+0x{:x} is not in the probe's identity map",
+                what,
+                base,
+                len
+            ));
+        }
+        Ok(Window { base, len })
+    }
+
+    /// First address.
+    pub(super) fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Length in bytes.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// `offset` moved back as far as needed for a `width` access to end inside the window.
+    pub(super) fn fit(&self, offset: u64, width: Width) -> u64 {
+        offset.min(self.len - width.bytes())
+    }
+}
+
+/// What the garbage did so far, for progress lines.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Counts {
+    /// Reads and writes made.
+    accesses: u32,
+    /// Writes made.
+    writes: u32,
+    /// Writes withheld (a read made instead) because they would end the VM or let a device
+    /// write the probe's memory.
+    withheld: u32,
+}
+
+/// The garbage generator and its account.
+pub(super) struct Garbage {
+    /// Every random choice.
+    pub(super) rng: Rng,
+    seed: u32,
+    /// Unclaimed space must read all ones (irvmm); elsewhere mismatches are only printed.
+    strict: bool,
+    counts: Counts,
+    oddities: u32,
+}
+
+impl Garbage {
+    fn new(seed: u32, strict: bool) -> Garbage {
+        Garbage {
+            rng: Rng::new(u64::from(seed)),
+            seed,
+            strict,
+            counts: Counts::default(),
+            oddities: 0,
+        }
+    }
+
+    /// Whether the platform is irvmm, whose layout and read values the scenario checks.
+    pub(super) fn strict(&self) -> bool {
+        self.strict
+    }
+
+    /// A random memory access width.
+    pub(super) fn width(&mut self) -> Width {
+        self.rng.pick(&Width::MEMORY).unwrap_or(Width::Dword)
+    }
+
+    /// A random port access width.
+    pub(super) fn port_width(&mut self) -> Width {
+        self.rng.pick(&Width::PORT).unwrap_or(Width::Byte)
+    }
+
+    /// Reads `width` bytes at `offset` (moved back to fit) in `window`.
+    pub(super) fn read(&mut self, window: &Window, offset: u64, width: Width) -> u64 {
+        let offset = window.fit(offset, width);
+        self.counts.accesses += 1;
+        // SAFETY: the access lies inside `window` (fitted above), which `Window::new` checked
+        // is identity-mapped; windows are device registers or unclaimed space, never memory
+        // the probe uses. What the read does to a device is what this scenario tests.
+        unsafe { raw::read(window.base + offset, width) }
+    }
+
+    /// Writes `width` bytes of `value` at `offset` (moved back to fit) in `window`. The
+    /// callers have made `value` harmless to the probe itself (see the module documentation).
+    pub(super) fn write(&mut self, window: &Window, offset: u64, width: Width, value: u64) {
+        let offset = window.fit(offset, width);
+        self.counts.accesses += 1;
+        self.counts.writes += 1;
+        // SAFETY: as in `read`; the devices' reactions to garbage are what this scenario
+        // tests, and it restores them before it goes on.
+        unsafe { raw::write(window.base + offset, width, value) }
+    }
+
+    /// Counts a write that was not made because of what it would do; the caller reads
+    /// instead.
+    pub(super) fn withhold(&mut self) {
+        self.counts.withheld += 1;
+    }
+
+    /// Reads `width` bytes from `port`.
+    pub(super) fn port_read(&mut self, port: u16, width: Width) -> u32 {
+        self.counts.accesses += 1;
+        // SAFETY: port reads end nothing; their effect on devices (status cleared, FIFOs
+        // drained) is what this scenario tests.
+        unsafe { raw::port_read(port, width) }
+    }
+
+    /// Writes `width` bytes of `value` to `port`, unless that would end the VM
+    /// ([`ends_the_vm`]): then it reads instead and returns false.
+    pub(super) fn port_write(&mut self, port: u16, width: Width, value: u32) -> bool {
+        if ends_the_vm(port, width, value) {
+            self.withhold();
+            self.port_read(port, width);
+            return false;
+        }
+        self.counts.accesses += 1;
+        self.counts.writes += 1;
+        // SAFETY: checked above that the write cannot power off, reset or exit the VM; its
+        // effect on the device is what this scenario tests, and the scenario restores the
+        // devices it needs afterwards.
+        unsafe { raw::port_write(port, width, value) };
+        true
+    }
+
+    /// Checks that a read where nothing decodes returned all ones. On irvmm a mismatch fails
+    /// the scenario with `describe()`; elsewhere it is counted and the first few printed.
+    pub(super) fn expect_ones(
+        &mut self,
+        got: u64,
+        width: Width,
+        describe: impl FnOnce() -> Text,
+    ) -> Result<(), Text> {
+        if got == width.ones() {
+            return Ok(());
+        }
+        if self.strict {
+            return Err(text!(
+                "seed {} access {}: {} read 0x{:x}, expected all ones ({} bytes)",
+                self.seed,
+                self.counts.accesses,
+                describe(),
+                got,
+                width.bytes()
+            ));
+        }
+        self.oddities += 1;
+        if self.oddities <= MAX_PRINTED_ODDITIES {
+            sprintln!(
+                "hostile: observation: {} read 0x{:x} where nothing should decode",
+                describe(),
+                got
+            );
+        }
+        Ok(())
+    }
+
+    /// The account so far.
+    pub(super) fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// Prints one progress line: what happened since `since`.
+    pub(super) fn report(&self, round: u32, what: &str, since: Counts) {
+        sprintln!(
+            "hostile: round {} {}: {} accesses, {} writes, {} withheld",
+            round,
+            what,
+            self.counts.accesses - since.accesses,
+            self.counts.writes - since.writes,
+            self.counts.withheld - since.withheld
+        );
+    }
+}
+
+/// I/O port of the debug-exit device (QEMU's `isa-debug-exit,iobase=0x501,iosize=2`).
+const DEBUG_EXIT_FIRST: u32 = 0x501;
+/// Last port of the debug-exit device.
+const DEBUG_EXIT_LAST: u32 = 0x502;
+/// irvmm's FADT SLEEP_CONTROL_REG (hardware-reduced ACPI).
+pub(super) const SLEEP_CONTROL_PORT: u16 = 0x600;
+/// irvmm's FADT SLEEP_STATUS_REG.
+pub(super) const SLEEP_STATUS_PORT: u16 = 0x601;
+/// Sleep control: SLP_EN (bit 5).
+pub(super) const SLP_EN: u8 = 1 << 5;
+/// Sleep control: shift of SLP_TYP (bits 4:2).
+const SLP_TYP_SHIFT: u32 = 2;
+/// Sleep control: mask (after shifting) of SLP_TYP.
+const SLP_TYP_MASK: u8 = 0x7;
+/// The SLP_TYP of S5 (soft off) in irvmm's DSDT `_S5_`.
+const SLP_TYP_S5: u8 = 5;
+/// Reset control register.
+pub(super) const RESET_CONTROL_PORT: u16 = 0xcf9;
+/// Reset control: RST_CPU (bit 2) starts the reset.
+const RESET_RST_CPU: u8 = 1 << 2;
+
+/// Whether writing `value` (`width` bytes) to `port` would legitimately end the VM: any byte
+/// reaching the debug-exit ports, SLP_EN with SLP_TYP = S5 reaching the sleep control
+/// register, RST_CPU reaching the reset control register. A dword at 0xcf8 is
+/// CONFIG_ADDRESS on every PC chipset and does not reach 0xcf9.
+pub(super) fn ends_the_vm(port: u16, width: Width, value: u32) -> bool {
+    if port == crate::pci::CONFIG_ADDRESS && width == Width::Dword {
+        return false;
+    }
+    (0..width.bytes() as u32).any(|lane| {
+        let byte = (value >> (8 * lane)) as u8;
+        match u32::from(port) + lane {
+            DEBUG_EXIT_FIRST..=DEBUG_EXIT_LAST => true,
+            p if p == u32::from(SLEEP_CONTROL_PORT) => {
+                byte & SLP_EN != 0 && (byte >> SLP_TYP_SHIFT) & SLP_TYP_MASK == SLP_TYP_S5
+            }
+            p if p == u32::from(RESET_CONTROL_PORT) => byte & RESET_RST_CPU != 0,
+            _ => false,
+        }
+    })
+}
+
+/// Everything the garbage is aimed at.
+struct Targets {
+    config: pci::Config,
+    edu: Function,
+    edu_msix: Option<Function>,
+    ioapic: IoApic,
+    unit: vtd::Unit,
+    bsp_id: u32,
+    clock: Clock,
+}
+
+impl Targets {
+    fn find(ctx: &Context, smp: &Smp, platform: &ir_common::IrPlatform) -> Result<Targets, Text> {
+        let config = pci::Config::capture(ctx)?;
+        let edu = crate::pci::find_on_bus0(edu::VENDOR_ID, EDU_DEVICE_ID).ok_or_else(|| {
+            text!(
+                "edu device ({:04x}:{:04x}) not found on bus 0 (irvmm: --device edu)",
+                edu::VENDOR_ID,
+                EDU_DEVICE_ID
+            )
+        })?;
+        let edu_msix = crate::pci::find_on_bus0(edu::VENDOR_ID, EDU_MSIX_DEVICE_ID);
+        let (ioapic, _) = IoApic::for_gsi(&smp.madt()?, 0)?;
+        let unit = vtd::Unit::open(platform.pci_unit(edu)?.base)?;
+        sprintln!(
+            "hostile: {} PCI functions, edu {}, edu-msix {}, ECAM {}, IOAPIC 0x{:x} ({} pins), VT-d 0x{:x}",
+            config.functions(),
+            edu,
+            if edu_msix.is_some() { "present" } else { "absent" },
+            if config.has_ecam() { "present" } else { "absent" },
+            ioapic.base,
+            ioapic.pins,
+            unit.base()
+        );
+        Ok(Targets {
+            config,
+            edu,
+            edu_msix,
+            ioapic,
+            unit,
+            bsp_id: smp.bsp_id,
+            clock: smp.clock,
+        })
+    }
+
+    /// One round of garbage, ending with every source disarmed and the VT-d unit reset.
+    fn round(&self, g: &mut Garbage, round: u32) -> Result<(), Text> {
+        // 1. Configuration space, then everything put back.
+        let mark = g.counts();
+        self.config.config_ports(g, CONFIG_PORT_ACCESSES)?;
+        self.config.ecam(g, ECAM_ACCESSES)?;
+        self.config.restore()?;
+        g.report(round, "PCI configuration (ports, ECAM)", mark);
+
+        // 2. The edu BARs, interrupts armed with garbage but bus mastering off.
+        let mark = g.counts();
+        let bars = pci::EduBars::arm(g, self.edu, self.edu_msix)?;
+        bars.garbage(g, BAR_ACCESSES)?;
+        g.report(round, "edu BARs", mark);
+
+        // 3. The I/O APIC.
+        let mark = g.counts();
+        let ioapic = legacy::IoApicState::save(&self.ioapic);
+        legacy::ioapic(g, &self.ioapic, IOAPIC_ACCESSES)?;
+        g.report(round, "I/O APIC", mark);
+
+        // 4. The VT-d unit, then deliveries through the state it left.
+        let mark = g.counts();
+        self.unit.garbage(g, VTD_ACCESSES)?;
+        g.report(round, "VT-d", mark);
+        self.unit
+            .deliveries(g, self.edu, self.bsp_id, &self.clock)?;
+
+        // 5. Sources disarmed; COM1 with every pin masked.
+        ioapic.restore(&self.ioapic)?;
+        self.config.restore()?;
+        let mark = g.counts();
+        ioapic.mask_all(&self.ioapic);
+        legacy::com1(g, COM1_ACCESSES);
+        ioapic.restore(&self.ioapic)?;
+        g.report(round, "COM1", mark);
+
+        // 6. Platform controls.
+        let mark = g.counts();
+        legacy::controls(g, CONTROL_ACCESSES);
+        g.report(round, "platform controls", mark);
+
+        // 7. Unclaimed space (irvmm's layout).
+        if g.strict() {
+            let mark = g.counts();
+            legacy::unclaimed_ports(g, &self.config, UNCLAIMED_PORT_ACCESSES)?;
+            let excluded = self.excluded_mmio();
+            legacy::unclaimed_mmio(g, excluded.ranges(), UNCLAIMED_MMIO_ACCESSES)?;
+            g.report(round, "unclaimed ports and MMIO", mark);
+        } else if round == 1 {
+            sprintln!("hostile: unclaimed ports and MMIO skipped (irvmm's layout only)");
+        }
+
+        // 8. The unit reset as a guest would; nothing may be pending.
+        self.unit.reset(&self.clock)?;
+        quiet(&text!("after round {}", round))
+    }
+
+    /// The MMIO the unclaimed-space phase must not touch: ECAM, the I/O APIC, the VT-d
+    /// unit, the local APIC window and every BAR.
+    fn excluded_mmio(&self) -> pci::Ranges {
+        /// The local APIC / MSI window (1 MiB at 0xfee00000).
+        const LAPIC_WINDOW: (u64, u64) = (0xfee0_0000, 0x10_0000);
+        /// The I/O APIC's register page.
+        const IOAPIC_PAGE: u64 = 0x1000;
+        let mut ranges = self.config.memory_ranges();
+        ranges.push(LAPIC_WINDOW.0, LAPIC_WINDOW.1);
+        ranges.push(self.ioapic.base, IOAPIC_PAGE);
+        ranges.push(self.unit.base(), crate::vtd::REGS_SIZE);
+        if let Some((base, len)) = self.config.ecam_range() {
+            ranges.push(base, len);
+        }
+        ranges
+    }
+}
+
+/// Fails when the BSP has an interrupt in service, or pending other than its tick: every
+/// source was disarmed, so the VMM delivered something it should not have. `when` names the
+/// moment in the failure.
+pub(super) fn quiet(when: &dyn core::fmt::Display) -> Result<(), Text> {
+    if let Some(vector) = apic::first_vector_in(apic::MSR_X2APIC_ISR0, &[]) {
+        return Err(text!(
+            "{}: vector 0x{:x} in service on the BSP",
+            when,
+            vector
+        ));
+    }
+    if let Some(vector) = apic::first_vector_in(apic::MSR_X2APIC_IRR0, &ALLOWED_PENDING) {
+        return Err(text!(
+            "{}: vector 0x{:x} pending on the BSP although every source was disarmed (the \
+             VMM delivered an interrupt nobody asked for)",
+            when,
+            vector
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the scenario.
+pub fn run(ctx: &Context) -> Outcome {
+    let seed = pvh::cmdline_u32(ctx.cmdline, "probe.seed", DEFAULT_SEED)?;
+    let rounds = pvh::cmdline_u32(ctx.cmdline, "probe.rounds", 1)?;
+    if !(1..=MAX_ROUNDS).contains(&rounds) {
+        return Err(text!("probe.rounds={} (1 to {})", rounds, MAX_ROUNDS));
+    }
+    let smp = smp::prepare(ctx)?;
+    let platform = ir_common::discover(ctx)?;
+    let targets = Targets::find(ctx, &smp, &platform)?;
+    let mut g = Garbage::new(seed, platform.vmm == Vmm::Irvmm);
+    sprintln!("hostile: seed={} rounds={}", seed, rounds);
+    let begin = smp.clock.now_ns();
+    for round in 1..=rounds {
+        targets.round(&mut g, round)?;
+    }
+    sprintln!(
+        "hostile: {} accesses in {} ms ({} withheld); recovering with the ir-basic steps",
+        g.counts().accesses,
+        smp.clock.now_ns().saturating_sub(begin) / ir_common::NS_PER_MS,
+        g.counts().withheld
+    );
+    let moved = ir_basic::exercise(ctx, &smp, &platform)?;
+    sprintln!(
+        "hostile: recovered: edu's MSI went to APIC ID {}, then to {} after invalidating IRTE {}",
+        moved.from,
+        moved.to,
+        moved.index
+    );
+    Ok(text!("accesses={} seed={}", g.counts().accesses, seed))
+}
