@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_probe_pass, run_probe, skip};
+use common::{assert_probe_pass, run_probe, run_probe_cmdline, skip};
 
 const PLATFORM: [&str; 10] = [
     "--cpus", "288", "--memory", "128M", "--iommu", "intel", "--device", "edu", "--device",
@@ -55,4 +55,23 @@ fn ir_scenarios_fail_without_an_iommu() {
     };
     assert!(run.saw("PROBE FAIL ir-basic"), "{}", run.dump());
     assert_eq!(run.code(), Some(1), "{}", run.dump());
+}
+
+#[test]
+fn hostile_register_garbage_then_remapping_still_works() {
+    for seed in ["1", "7"] {
+        let run = match run_probe_cmdline(&format!("probe=hostile probe.seed={seed}"), &PLATFORM) {
+            Ok(r) => r,
+            Err(why) => return skip("hostile", &why),
+        };
+        assert_probe_pass(&run, "hostile", &[&format!("seed={seed}")]);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        assert!(
+            run.stderr
+                .lines()
+                .all(|l| !l.contains("WARN") && !l.contains("ERROR")),
+            "guest garbage must not flood the host log:\n{}",
+            run.stderr
+        );
+    }
 }

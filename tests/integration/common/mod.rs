@@ -196,14 +196,19 @@ pub fn run_guest(args: &[&str], deadline: Duration, stop_when: Option<StopWhen>)
 /// Boots the probe guest with `probe=<scenario>` and `extra` irvmm arguments, or returns
 /// why it cannot run here (no /dev/kvm, no probe.elf).
 pub fn run_probe(scenario: &str, extra: &[&str]) -> Result<GuestRun, String> {
+    run_probe_cmdline(&format!("probe={scenario}"), extra)
+}
+
+/// Boots the probe guest with the full kernel command line `cmdline` (scenario and its
+/// `probe.*` parameters) and `extra` irvmm arguments.
+pub fn run_probe_cmdline(cmdline: &str, extra: &[&str]) -> Result<GuestRun, String> {
     kvm_available()?;
     let probe = asset("probe.elf")?;
-    let cmdline = format!("probe={scenario}");
     let mut args = vec![
         "--kernel",
         probe.to_str().expect("utf-8 path"),
         "--cmdline",
-        &cmdline,
+        cmdline,
     ];
     args.extend_from_slice(extra);
     Ok(run_guest(&args, Duration::from_secs(300), None))

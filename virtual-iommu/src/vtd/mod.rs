@@ -483,7 +483,7 @@ impl VtdUnit {
             }
             o if o & !HIGH_DWORD_OFFSET == IQA_REG => {
                 if self.gsts & GSTS_QIES != 0 {
-                    log::warn!("vt-d: IQA write while queued invalidation is enabled, ignored");
+                    log::debug!("vt-d: IQA write while queued invalidation is enabled, ignored");
                 } else {
                     let iqa = with_dword(self.queue.address_register(), high, value);
                     self.queue.write_address_register(iqa);
@@ -528,7 +528,7 @@ impl VtdUnit {
     fn write_gcmd(&mut self, mem: &dyn GuestMemoryReader, value: u32, effects: &mut Effects) {
         let changed = value ^ self.gsts;
         if changed & GCMD_TE != 0 && value & GCMD_TE != 0 {
-            log::warn!("vt-d: GCMD.TE ignored: DMA translation is not supported (CAP.SAGAW = 0)");
+            log::debug!("vt-d: GCMD.TE ignored: DMA translation is not supported (CAP.SAGAW = 0)");
         }
         if value & GCMD_SRTP != 0 {
             self.rtaddr_latched = Some(self.rtaddr);
@@ -540,7 +540,7 @@ impl VtdUnit {
                 self.run_queue(mem, effects);
             } else {
                 if self.queue.has_work() {
-                    log::warn!("vt-d: queued invalidation disabled with descriptors pending");
+                    log::debug!("vt-d: queued invalidation disabled with descriptors pending");
                 }
                 self.gsts &= !GSTS_QIES;
                 self.queue.reset_head();
@@ -560,7 +560,7 @@ impl VtdUnit {
         if changed & GCMD_IRE != 0 {
             if value & GCMD_IRE != 0 {
                 if self.ir_table.is_none() {
-                    log::warn!("vt-d: interrupt remapping enabled before SIRTP");
+                    log::debug!("vt-d: interrupt remapping enabled before SIRTP");
                 }
                 self.gsts |= GSTS_IRES;
             } else {
@@ -593,7 +593,7 @@ impl VtdUnit {
             }
         }
         if let Some(error) = run.error {
-            log::warn!("vt-d: invalidation queue error: {error}");
+            log::debug!("vt-d: invalidation queue error: {error}");
             effects.interrupts.extend(self.faults.set_queue_error());
         }
     }

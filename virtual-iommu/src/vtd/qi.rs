@@ -203,7 +203,7 @@ pub fn decode_descriptor(qw0: u64, qw1: u64) -> Result<Descriptor, DescriptorErr
             let index = ((qw0 >> IEC_IIDX_SHIFT) & IEC_IIDX_MASK) as u32;
             if mask >= IEC_IM_WHOLE_SPACE {
                 // Beyond ECAP.MHMV; covering the whole space is the safe reading.
-                log::warn!("vt-d: IEC index mask {mask} beyond MHMV, invalidating all");
+                log::debug!("vt-d: IEC index mask {mask} beyond MHMV, invalidating all");
                 return Ok(Descriptor::InterruptEntryCache(IecInvalidation::Global));
             }
             let count = 1u32 << mask;
