@@ -66,10 +66,15 @@ fn hostile_register_garbage_then_remapping_still_works() {
         };
         assert_probe_pass(&run, "hostile", &[&format!("seed={seed}")]);
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        // Warnings a guest can cause are logged once per device at most (the edu DMA
+        // notice); nothing may repeat per access.
+        let warnings = run
+            .stderr
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .count();
         assert!(
-            run.stderr
-                .lines()
-                .all(|l| !l.contains("WARN") && !l.contains("ERROR")),
+            warnings <= 2,
             "guest garbage must not flood the host log:\n{}",
             run.stderr
         );
