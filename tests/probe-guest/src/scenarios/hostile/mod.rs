@@ -14,7 +14,8 @@
 //! 1. PCI configuration space through ports 0xcf8/0xcfc (random addresses, the enable bit
 //!    sometimes clear, reserved and type bits, every byte lane) and through ECAM (the MCFG's
 //!    window: random bus, device, function and offset), aimed at existing functions half of
-//!    the time; reads of functions that do not exist must be all ones. Then every function's
+//!    the time; reads of functions that do not exist must be all ones. Reads at wherever the
+//!    edu devices' BARs point now (moved, overlapping, sized). Then every function's
 //!    command register, BARs, expansion ROM, interrupt line and MSI/MSI-X control are put
 //!    back as they were and checked ([`pci`]).
 //! 2. The edu devices' BARs: registers (DMA ones included), the rest of the 1 MiB register
@@ -29,7 +30,11 @@
 //!    deliveries through the state the garbage left: with remapping off, edu's MSI in
 //!    compatibility format must reach the BSP exactly once while every other source's route
 //!    is garbage (the VMM commits its whole route table for that delivery); with IRTA beyond
-//!    RAM and remapping on, a remappable MSI must be blocked (irvmm must record fault 0x23).
+//!    RAM and remapping on, a remappable MSI must be blocked (irvmm must record fault 0x23);
+//!    last, through a table of random entries (half well-formed) all aimed at an APIC ID no
+//!    CPU has, 64 edu-msix vectors with random messages, edu's MSI and COM1's pin with a
+//!    random remappable entry are fired (compatibility format blocked): nothing may reach
+//!    the BSP, and the unit's fault records fill up.
 //! 5. The I/O APIC's entries and the PCI functions are restored (sources disarmed), then
 //!    COM1's eight ports get garbage with the I/O APIC's pins masked (bytes written to THR are
 //!    printable, so the console stays text); COM1 is reinitialised afterwards.
@@ -68,7 +73,7 @@ use super::smp::{self, Smp};
 use super::Context;
 use crate::clock::Clock;
 use crate::edu::{self, EDU_DEVICE_ID, EDU_MSIX_DEVICE_ID};
-use crate::ioapic::IoApic;
+use crate::ioapic::{self, IoApic};
 use crate::pci::Function;
 use crate::phys;
 use crate::prng::Rng;
@@ -76,6 +81,8 @@ use crate::raw::{self, Width};
 use crate::report::{Outcome, Text};
 use crate::{apic, irq, pvh, sprintln, text};
 
+/// COM1's ISA IRQ.
+const COM1_IRQ: u8 = 4;
 /// Seed used without `probe.seed=`.
 pub const DEFAULT_SEED: u32 = 1;
 /// Most rounds `probe.rounds=` may ask for.
@@ -86,6 +93,8 @@ pub const MAX_ROUNDS: u32 = 1000;
 const CONFIG_PORT_ACCESSES: u32 = 250;
 /// Accesses per round through ECAM.
 const ECAM_ACCESSES: u32 = 400;
+/// Reads per round at wherever the configuration garbage moved the edu devices' BARs.
+const MOVED_BAR_READS: u32 = 60;
 /// Accesses per round to the edu devices' BARs.
 const BAR_ACCESSES: u32 = 500;
 /// Accesses per round to the I/O APIC window.
@@ -345,6 +354,8 @@ struct Targets {
     edu: Function,
     edu_msix: Option<Function>,
     ioapic: IoApic,
+    /// COM1's (ISA IRQ 4) pin on `ioapic`.
+    com1_pin: u32,
     unit: vtd::Unit,
     bsp_id: u32,
     clock: Clock,
@@ -361,7 +372,9 @@ impl Targets {
             )
         })?;
         let edu_msix = crate::pci::find_on_bus0(edu::VENDOR_ID, EDU_MSIX_DEVICE_ID);
-        let (ioapic, _) = IoApic::for_gsi(&smp.madt()?, 0)?;
+        let madt = smp.madt()?;
+        let com1 = ioapic::isa_route(&madt, COM1_IRQ)?;
+        let (ioapic, com1_pin) = IoApic::for_gsi(&madt, com1.gsi)?;
         let unit = vtd::Unit::open(platform.pci_unit(edu)?.base)?;
         sprintln!(
             "hostile: {} PCI functions, edu {}, edu-msix {}, ECAM {}, IOAPIC 0x{:x} ({} pins), VT-d 0x{:x}",
@@ -378,6 +391,7 @@ impl Targets {
             edu,
             edu_msix,
             ioapic,
+            com1_pin,
             unit,
             bsp_id: smp.bsp_id,
             clock: smp.clock,
@@ -390,6 +404,16 @@ impl Targets {
         let mark = g.counts();
         self.config.config_ports(g, CONFIG_PORT_ACCESSES)?;
         self.config.ecam(g, ECAM_ACCESSES)?;
+        let mut devices = [self.edu; 2];
+        let n = match self.edu_msix {
+            Some(f) => {
+                devices[1] = f;
+                2
+            }
+            None => 1,
+        };
+        self.config
+            .moved_bar_reads(g, &devices[..n], MOVED_BAR_READS)?;
         self.config.restore()?;
         g.report(round, "PCI configuration (ports, ECAM)", mark);
 
@@ -409,8 +433,7 @@ impl Targets {
         let mark = g.counts();
         self.unit.garbage(g, VTD_ACCESSES)?;
         g.report(round, "VT-d", mark);
-        self.unit
-            .deliveries(g, self.edu, self.bsp_id, &self.clock)?;
+        self.unit.deliveries(g, self)?;
 
         // 5. Sources disarmed; COM1 with every pin masked.
         ioapic.restore(&self.ioapic)?;

@@ -79,6 +79,13 @@ const ADDRESS_NOISE_PERCENT: u32 = 10;
 /// Percentage of ECAM accesses left misaligned.
 const MISALIGNED_PERCENT: u32 = 25;
 
+/// The 32-bit PCI memory window where the VMM places BARs (irvmm's; QEMU's q35 hole
+/// covers it).
+const PCI_WINDOW_START: u64 = 0xc000_0000;
+const PCI_WINDOW_END: u64 = 0xfe00_0000;
+const PCI_WINDOW_BYTES: u64 = PCI_WINDOW_END - PCI_WINDOW_START;
+/// Bytes past a moved BAR's base that its reads reach.
+const MOVED_BAR_SPAN: u64 = 0x100;
 /// Size of the edu register BAR (1 MiB on irvmm and QEMU).
 const EDU_REGS_BYTES: u64 = 0x10_0000;
 /// Size of the edu-msix MSI-X BAR (table at 0, PBA at 0x1000).
@@ -87,6 +94,8 @@ const EDU_MSIX_BAR_BYTES: u64 = 0x2000;
 const EDU_MSIX_BAR: u8 = 2;
 /// The edu register BAR.
 const EDU_REGS_BAR: u8 = 0;
+/// The edu devices' memory BARs (registers; MSI-X table and PBA).
+const EDU_BARS: [u8; 2] = [EDU_REGS_BAR, EDU_MSIX_BAR];
 /// Offset of the PBA in the MSI-X BAR.
 const EDU_PBA_OFFSET: u64 = 0x1000;
 /// The edu registers (QEMU's `docs/specs/edu.rst` plus irvmm's 0x68/0x6c), for aiming.
@@ -504,6 +513,34 @@ impl Config {
                     )
                 })?;
             }
+        }
+        Ok(())
+    }
+
+    /// While the configuration garbage is still in place: `count` reads at wherever the
+    /// `devices`' BARs now point (when that is inside the PCI memory window), so the VMM
+    /// looks up BARs that moved, overlap or were sized. Reads only: the devices' interrupt
+    /// state is garbage at this point.
+    pub(super) fn moved_bar_reads(
+        &self,
+        g: &mut Garbage,
+        devices: &[Function],
+        count: u32,
+    ) -> Result<(), Text> {
+        let window = Window::new("PCI memory window", PCI_WINDOW_START, PCI_WINDOW_BYTES)?;
+        for _ in 0..count {
+            let Some(f) = g.rng.pick(devices) else {
+                return Ok(());
+            };
+            let index = g.rng.pick(&EDU_BARS).unwrap_or(EDU_REGS_BAR);
+            let bar = f.read32(REG_BAR0 + BAR_STRIDE * u16::from(index));
+            let base = u64::from(bar & BAR_MEMORY_MASK);
+            if bar & BAR_IO != 0 || !(PCI_WINDOW_START..PCI_WINDOW_END).contains(&base) {
+                continue;
+            }
+            let width = g.width();
+            let offset = base - PCI_WINDOW_START + g.rng.below(MOVED_BAR_SPAN);
+            g.read(&window, offset, width);
         }
         Ok(())
     }

@@ -4,12 +4,13 @@
 use core::sync::atomic::AtomicU32;
 
 use super::pci::{overlaps, set_byte_bits};
-use super::{Garbage, Window};
+use super::{Garbage, Targets, Window};
 use crate::clock::Clock;
 use crate::edu::Edu;
+use crate::ioapic::RTE_MASKED;
 use crate::mmio::Mmio;
-use crate::msi::Msi;
-use crate::pci::{Function, COMMAND_INTX_DISABLE, COMMAND_MEMORY, REG_COMMAND};
+use crate::msi::{Msi, MsiX};
+use crate::pci::{COMMAND_INTX_DISABLE, COMMAND_MEMORY, REG_COMMAND};
 use crate::raw::Width;
 use crate::report::Text;
 use crate::scenarios::ir_common::{self, DELIVERY_TIMEOUT_NS, NS_PER_MS, SETTLE_NS};
@@ -23,7 +24,7 @@ use crate::vtd::{
     GCMD_SFL, GCMD_SIRTP, GCMD_SRTP, GCMD_TE, GCMD_WBF, GSTS_REG, IRTA_EIME, IRTA_REG, REGS_SIZE,
     VER_REG,
 };
-use crate::{irq, sprintln, text, x86};
+use crate::{irq, serial, sprintln, text, x86};
 
 /// Root table address register (64-bit).
 const RTADDR_REG: u64 = 0x20;
@@ -154,6 +155,37 @@ const BLOCKED_RAISES: u32 = 2;
 const CHECK_VECTOR: u8 = irq::TEST_VECTOR_C;
 /// The edu interrupt-status bit raised.
 const RAISE_BIT: u32 = 1;
+
+/// The fire phase's table: the second half of the interrupt-remapping table's memory (the
+/// garbage queue has the first).
+const FIRE_TABLE_OFFSET: u64 = 0x8_0000;
+/// Its first entry, as an index into the table memory.
+const FIRE_TABLE_FIRST: u32 = 1 << 15;
+/// Entries filled with random contents (the rest is zero: not present).
+const FIRE_ENTRIES: u32 = 1024;
+/// IRTA.S values for it (at most 2^15 entries, which fit the half).
+const FIRE_TABLE_S_VALUES: u64 = 15;
+/// edu-msix vectors fired.
+const FIRED_VECTORS: usize = 64;
+/// How long COM1's transmitter-empty interrupt gets to fire.
+const FIRE_SETTLE_NS: u64 = 20_000_000;
+/// Destinations of the fire table: 2^30 and up, no CPU's APIC ID (KVM's largest is 4095)
+/// and never the broadcast 0xffffffff.
+const NOWHERE: u64 = 0x4000_0000;
+const NOWHERE_SPAN: u64 = 1 << 24;
+/// IRTE low qword: present, destination mode (1 = logical), trigger mode, delivery mode
+/// (7:5), vector (23:16), destination (63:32).
+const IRTE_PRESENT: u64 = 1 << 0;
+const IRTE_DM: u64 = 1 << 2;
+const IRTE_TM: u64 = 1 << 4;
+const IRTE_DLM_SHIFT: u32 = 5;
+const IRTE_DLM_VALUES: u64 = 8;
+const IRTE_VECTOR_SHIFT: u32 = 16;
+const IRTE_DEST_SHIFT: u32 = 32;
+/// IRTE low qword bits kept from the random ones (everything below the destination).
+const IRTE_LOW_KEPT: u64 = 0xffff_ffff;
+/// RTE bits randomised around a remappable index: vector, polarity, trigger.
+const RTE_RANDOM_LOW: u64 = 0xff | (1 << 13) | (1 << 15);
 
 /// Status dwords the garbage queue's wait descriptors may write (only there).
 static SCRATCH: [AtomicU32; SCRATCH_DWORDS] = [const { AtomicU32::new(0) }; SCRATCH_DWORDS];
@@ -376,14 +408,12 @@ impl Unit {
     /// compatibility format must reach the BSP exactly once (every other source's route is
     /// garbage, and the VMM commits them all for this delivery); with the table beyond RAM
     /// and remapping on, a remappable MSI must be blocked, recorded as fault 0x23 on irvmm.
-    pub(super) fn deliveries(
-        &self,
-        g: &mut Garbage,
-        edu_fn: Function,
-        bsp_id: u32,
-        clock: &Clock,
-    ) -> Result<(), Text> {
+    pub(super) fn deliveries(&self, g: &mut Garbage, t: &Targets) -> Result<(), Text> {
+        let (edu_fn, bsp_id, clock) = (t.edu, t.bsp_id, &t.clock);
         self.command(clock, 0, GCMD_TE | GCMD_QIE | GCMD_IRE | GCMD_CFI)?;
+        // The unit's own event interrupts stay masked (the garbage kept them so, too).
+        self.regs.write32(FECTL_REG, EVENT_MASKED);
+        self.regs.write32(IECTL_REG, EVENT_MASKED);
         let Some(address) = irte::compatibility_msi_address(bsp_id) else {
             sprintln!(
                 "hostile: delivery checks skipped: BSP APIC ID {} needs more than 8 bits",
@@ -441,7 +471,6 @@ impl Unit {
                 r.reason() == FR_TABLE_READ_FAILED && r.sid() == sid && r.ir_index() == handle
             });
         let fsts = self.regs.read32(FSTS_REG);
-        self.command(clock, 0, GCMD_IRE | GCMD_CFI)?;
         if delivered != 0 {
             return Err(text!(
                 "IRTA 0x{:x} (beyond RAM), remapping on: {} of {} raises of handle {} delivered",
@@ -472,6 +501,85 @@ impl Unit {
             } else {
                 " (observation: no fault recorded)"
             }
+        );
+
+        // 3. Garbage through remapping.
+        self.fire(g, t)?;
+        self.command(clock, 0, GCMD_IRE | GCMD_CFI)
+    }
+
+    /// Fires every source through a table of random entries, all aimed at an APIC ID no CPU
+    /// has (physical mode, x2APIC): [`FIRED_VECTORS`] of edu-msix's vectors with random
+    /// messages (remappable mostly, random handles and subhandles), edu's MSI, and COM1's pin
+    /// with a random redirection entry. Compatibility-format messages are blocked (CFI clear).
+    /// Nothing may reach the BSP; the unit records what it blocked.
+    fn fire(&self, g: &mut Garbage, t: &Targets) -> Result<(), Text> {
+        let clock = &t.clock;
+        let base = irte::table_address() + FIRE_TABLE_OFFSET;
+        for index in 0..FIRE_ENTRIES {
+            irte::write_entry(FIRE_TABLE_FIRST + index, random_irte(g));
+        }
+        let irta = base | IRTA_EIME | g.rng.below(FIRE_TABLE_S_VALUES);
+        self.regs.write64(IRTA_REG, irta);
+        self.command(clock, GCMD_SIRTP, 0)?;
+        self.command(clock, GCMD_IRE, GCMD_CFI)?;
+        self.clear_faults();
+
+        let mut fired = 0;
+        if let Some(f) = t.edu_msix {
+            let edu = Edu::open(f)?;
+            let msix = MsiX::find(f)?;
+            msix.enable_masked();
+            let mut vectors = [0u16; FIRED_VECTORS];
+            for vector in vectors.iter_mut() {
+                *vector = g.rng.below(u64::from(msix.vectors())) as u16;
+                let address = random_message_address(g);
+                let data = g.rng.next_u32();
+                msix.set_entry(*vector, address, data, g.rng.chance(10))?;
+            }
+            msix.unmask_function();
+            for vector in vectors {
+                edu.trigger_msix(vector);
+                fired += 1;
+            }
+        }
+        let edu = Edu::open(t.edu)?;
+        let msi = Msi::find(t.edu)?;
+        let address = random_message_address(g);
+        msi.program(address, g.rng.next_u32() as u16);
+        edu.raise(RAISE_BIT);
+        edu.ack(RAISE_BIT);
+        fired += 1;
+        msi.disable();
+
+        let handle = random_handle(g);
+        let rte =
+            (irte::remappable_rte(handle) | (g.rng.next_u64() & RTE_RANDOM_LOW)) & !RTE_MASKED;
+        t.ioapic.set_rte(t.com1_pin, rte);
+        serial::enable_thr_empty_interrupt();
+        let deadline = clock.now_ns() + FIRE_SETTLE_NS;
+        while clock.now_ns() < deadline {
+            x86::pause();
+        }
+        serial::disable_interrupts();
+        t.ioapic.set_rte(t.com1_pin, RTE_MASKED);
+        fired += 1;
+
+        let pending = (0..fault::record_count(self.cap))
+            .filter(|&slot| fault::read_pending(&self.regs, self.cap, slot).is_some())
+            .count();
+        let fsts = self.regs.read32(FSTS_REG);
+        super::quiet(&text!(
+            "after firing {} sources through random entries",
+            fired
+        ))?;
+        sprintln!(
+            "hostile: fired {} sources through random IRTEs (IRTA 0x{:x}): nothing reached the \
+             BSP; {} fault records pending, FSTS 0x{:x}",
+            fired,
+            irta,
+            pending,
+            fsts
         );
         Ok(())
     }
@@ -521,6 +629,49 @@ impl Unit {
             );
         }
         self.check_identity()
+    }
+}
+
+/// A random entry aimed at an APIC ID no CPU has: half of them well-formed (present, no
+/// source validation, random vector, delivery mode and trigger), half random bits; the
+/// destination mode is always physical and the destination [`NOWHERE`] plus 24 random bits.
+fn random_irte(g: &mut Garbage) -> Irte {
+    let rng = &mut g.rng;
+    let dest = NOWHERE + rng.below(NOWHERE_SPAN);
+    let (low, high) = if rng.chance(50) {
+        let low = IRTE_PRESENT
+            | (rng.below(IRTE_DLM_VALUES) << IRTE_DLM_SHIFT)
+            | (rng.below(2) * IRTE_TM)
+            | (rng.below(u64::from(u8::MAX) + 1) << IRTE_VECTOR_SHIFT);
+        (low, 0)
+    } else {
+        (rng.next_u64(), rng.next_u64())
+    };
+    Irte {
+        low: (low & IRTE_LOW_KEPT & !IRTE_DM) | (dest << IRTE_DEST_SHIFT),
+        high,
+    }
+}
+
+/// An interrupt index: mostly one of the fire table's filled entries.
+fn random_handle(g: &mut Garbage) -> u16 {
+    if g.rng.chance(70) {
+        g.rng.below(u64::from(FIRE_ENTRIES)) as u16
+    } else {
+        g.rng.next_u32() as u16
+    }
+}
+
+/// A random MSI address for the fire phase: remappable format (random handle, SHV) most of
+/// the time, else anything (compatibility format is blocked, other addresses are no
+/// interrupts).
+fn random_message_address(g: &mut Garbage) -> u32 {
+    if g.rng.chance(75) {
+        let handle = random_handle(g);
+        let shv = g.rng.chance(50);
+        irte::remappable_msi_address(handle, shv)
+    } else {
+        g.rng.next_u32()
     }
 }
 
