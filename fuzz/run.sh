@@ -36,16 +36,22 @@ for t in $targets; do
     log="work/$t.log"
     echo "fuzz: $t for ${seconds}s" >&2
     status=0
+    parallel=()
+    if [ "$jobs" -gt 1 ]; then
+        # libFuzzer's workers log to fuzz-N.log in the current directory.
+        rm -f fuzz-*.log
+        parallel=(-jobs="$jobs" -workers="$jobs")
+    fi
     cargo +nightly fuzz run "${build_flags[@]}" "$t" "work/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=10 \
-        -rss_limit_mb=4096 -max_len=8192 -jobs="$jobs" -workers="$jobs" \
+        -rss_limit_mb=4096 -max_len=8192 "${parallel[@]}" \
         >"$log" 2>&1 || status=$?
     if [ "$jobs" -gt 1 ]; then
         cat fuzz-*.log >>"$log" 2>/dev/null || true
         rm -f fuzz-*.log
     fi
-    # The last status line libFuzzer printed ("#N DONE cov: X ft: Y ...").
-    last=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)
+    # The last status line libFuzzer printed ("#N DONE cov: X ft: Y corp: ...").
+    last=$(grep -E '^#[0-9]+.* cov: ' "$log" | tail -n 1 || true)
     execs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{s += $2} END {print s + 0}')
     rate=$(grep -E '^stat::average_exec_per_sec' "$log" | awk '{s += $2} END {print s + 0}')
     cov=$(sed -nE 's/.* cov: ([0-9]+).*/\1/p' <<<"$last")

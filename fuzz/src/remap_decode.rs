@@ -16,14 +16,15 @@
 //!   32-bit address in the window: anything else is a memory write, not an interrupt);
 //! * a `Blocked` fault names the requester, carries the request's index when the request
 //!   was remappable, and is suppressed only for qualified reasons;
-//! * translation is pure: the same request translates the same way twice.
+//! * translation is pure: the same request translates the same way twice, reads at most
+//!   one IRTE and writes nothing; an IRTE read outside RAM is fault 0x23.
 
 use devices::ioapic::RedirectionEntry;
 use virtual_iommu::msi::{MsiMessage, SourceId, MSI_ADDR_BASE, MSI_ADDR_REMAPPABLE};
 use virtual_iommu::vtd::irte::Irte;
 use virtual_iommu::vtd::regs::*;
 use virtual_iommu::vtd::remap::{decode_request, request_index, RequestFormat};
-use virtual_iommu::vtd::{Translation, VtdConfig, VtdUnit};
+use virtual_iommu::vtd::{FaultReason, Translation, VtdConfig, VtdUnit};
 
 use crate::fake_mem::FakeMem;
 use crate::{assert_kvm_msi, for_each_op, fuzz_type};
@@ -123,7 +124,21 @@ impl Harness {
     /// Translates `msg` from `sid` and checks the outcome.
     pub fn request(&self, sid: u16, msg: MsiMessage) {
         let source = SourceId(sid);
+        self.mem.reset_counters();
         let t = self.unit.translate(&self.mem, source, msg);
+        if self.mem.refused() > 0 {
+            assert_eq!(
+                t.fault().map(|f| f.reason),
+                Some(FaultReason::TableReadFailed),
+                "refused IRTE read: {t:?}"
+            );
+        }
+        assert_eq!(self.mem.writes(), 0, "translation wrote guest memory");
+        assert!(
+            self.mem.reads() <= 1,
+            "{} reads for one request",
+            self.mem.reads()
+        );
         assert_eq!(
             t,
             self.unit.translate(&self.mem, source, msg),

@@ -20,12 +20,14 @@
 //!   and the offsets past the last fault-recording register read as zero;
 //! * GSTS never reports DMA translation (TES) and IQH stays inside the queue.
 //!
-//! Guest-memory accesses outside [`FakeMem`]'s RAM are refused with `MemError` (the
-//! model must turn them into faults or queue errors, never panic).
+//! Guest-memory accesses outside [`FakeMem`]'s RAM are refused with `MemError`; the
+//! model must turn them into the hardware's answer: a refused descriptor fetch or status
+//! write sets FSTS.IQE, a refused IRTE read blocks the interrupt with fault 0x23, and
+//! translation never writes guest memory.
 
 use virtual_iommu::msi::{MsiMessage, SourceId, MSI_ADDR_BASE, MSI_ADDR_REMAPPABLE};
 use virtual_iommu::vtd::regs::*;
-use virtual_iommu::vtd::{Effects, IecInvalidation, VtdConfig, VtdUnit};
+use virtual_iommu::vtd::{Effects, FaultReason, IecInvalidation, VtdConfig, VtdUnit};
 
 use crate::fake_mem::FakeMem;
 use crate::{access_size, assert_kvm_msi, for_each_op, fuzz_type, value_bytes};
@@ -176,6 +178,15 @@ impl Harness {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Effects {
         self.mem.reset_counters();
         let effects = self.unit.mmio_write(&self.mem, offset, data);
+        if self.mem.refused() > 0 {
+            // A descriptor fetch or status write outside RAM is an invalidation queue
+            // error (FSTS.IQE), never silently skipped.
+            assert_ne!(
+                self.read32(FSTS_REG) & FSTS_IQE,
+                0,
+                "refused queue access without IQE"
+            );
+        }
         self.check_effects(&effects);
         self.check_queue_bound();
         self.check_queue_drained();
@@ -288,9 +299,19 @@ impl Harness {
     /// Sends a device interrupt through the unit, recording a fault when blocked.
     fn interrupt(&mut self, sid: u16, msg: MsiMessage) {
         let before = self.unit.remapping_enabled();
+        self.mem.reset_counters();
         let (t, effects) = self
             .unit
             .translate_and_record(&self.mem, SourceId(sid), msg);
+        if self.mem.refused() > 0 {
+            // An IRTE read outside RAM blocks the interrupt with fault 0x23.
+            assert_eq!(
+                t.fault().map(|f| f.reason),
+                Some(FaultReason::TableReadFailed),
+                "refused IRTE read: {t:?}"
+            );
+        }
+        assert_eq!(self.mem.writes(), 0, "translation wrote guest memory");
         self.check_effects(&effects);
         if before {
             if let Some(m) = t.message() {
