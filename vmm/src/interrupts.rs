@@ -26,7 +26,9 @@ pub struct TranslationPolicy {
 
 /// Translates a source's raw message into the route KVM should hold; `None` blocks it.
 pub fn translate(msg: MsiMessage, policy: TranslationPolicy) -> Option<MsiMessage> {
-    if !msg.is_msi_window() || msg.is_remappable() {
+    // A raw message with upper address bits is a memory write above 4 GiB, not an
+    // interrupt (KVM would read those bits as destination bits 31:8).
+    if !msg.is_msi_window() || msg.is_remappable() || msg.address_hi != 0 {
         return None;
     }
     Some(if policy.ext_dest_id {
@@ -161,5 +163,10 @@ mod tests {
         assert_eq!(translate(bogus, TranslationPolicy::default()), None);
         let ok = MsiMessage::compat(3, false, 0x40, DeliveryMode::Fixed, false);
         assert_eq!(translate(ok, TranslationPolicy::default()), Some(ok));
+        let above_4g = MsiMessage {
+            address_hi: 0x1,
+            ..ok
+        };
+        assert_eq!(translate(above_4g, TranslationPolicy::default()), None);
     }
 }
