@@ -277,8 +277,9 @@ fn host_memory() -> Option<u64> {
     (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
 }
 
-/// Checks the configuration against the host's KVM; the first step of [`run`].
-fn preflight(config: &VmConfig, kvm: &Kvm) -> Result<(), Error> {
+/// Checks the configuration against the host's KVM; the first step of [`run`]. Returns
+/// whether the vCPUs start in x2APIC mode.
+fn preflight(config: &VmConfig, kvm: &Kvm) -> Result<bool, Error> {
     let cpus = config.topology.cpus();
     let max = kvm.get_max_vcpus();
     if cpus as usize > max {
@@ -288,7 +289,7 @@ fn preflight(config: &VmConfig, kvm: &Kvm) -> Result<(), Error> {
         ));
     }
     let max_id = config.topology.apic_ids().into_iter().max().unwrap_or(0);
-    x2apic_at_boot(config, max_id)?;
+    let x2apic = x2apic_at_boot(config, max_id)?;
     let id_limit = kvm.check_extension_int(Cap::MaxVcpuId).max(max as i32) as u64;
     if u64::from(max_id) >= id_limit {
         return Err(Error::usage(
@@ -324,7 +325,7 @@ fn preflight(config: &VmConfig, kvm: &Kvm) -> Result<(), Error> {
             format!("APIC IDs up to {max_id} need interrupt remapping (--iommu intel) or the extended destination ID (--ext-dest-id on) to receive device interrupts"),
         ));
     }
-    Ok(())
+    Ok(x2apic)
 }
 
 /// Boot MSRs: syscall MSRs cleared, fast strings on, MTRRs enabled with write-back default.
@@ -479,7 +480,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
                 )
             })
         })?;
-    preflight(config, &kvm)?;
+    let x2apic = preflight(config, &kvm)?;
     let kernel = KernelImage::open(&config.kernel).map_err(|e| boot_usage(e, config))?;
     let initramfs = config
         .initramfs
@@ -557,7 +558,6 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     )
     .map_err(|e| boot_usage(e, config))?;
     let msrs = boot_msrs(&kvm)?;
-    let x2apic = x2apic_at_boot(config, apic_ids.iter().copied().max().unwrap_or(0))?;
     let output = serial_output(&config.serial)?;
 
     // The KVM VM.
