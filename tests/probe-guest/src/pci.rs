@@ -240,42 +240,24 @@ pub fn find_on_bus0(vendor: u16, device: u16) -> Option<Function> {
 /// then functions; functions 1-7 only of multi-function devices), copied into `out` as far
 /// as it holds them; returns how many there are.
 pub fn all_on_bus0(out: &mut [Function]) -> usize {
-    let mut n = 0;
-    for dev in 0..DEVICES {
-        let first = Function {
-            bus: 0,
-            device: dev,
-            function: 0,
-        };
-        if first.read16(REG_VENDOR) == NO_VENDOR {
-            continue;
-        }
-        let functions = if first.read8(REG_HEADER_TYPE) & HEADER_MULTI_FUNCTION != 0 {
-            FUNCTIONS
-        } else {
-            1
-        };
-        for function in 0..functions {
-            let f = Function {
-                bus: 0,
-                device: dev,
-                function,
-            };
-            if f.read16(REG_VENDOR) != NO_VENDOR {
-                if let Some(slot) = out.get_mut(n) {
-                    *slot = f;
-                }
-                n += 1;
-            }
-        }
-    }
-    n
+    scan_bus0(out, |_| true)
 }
 
 /// Every type 0 function on bus 0 with `vendor:device`, in scan order (devices ascending,
 /// then functions; functions 1-7 only of multi-function devices), copied into `out` as far
 /// as it holds them; returns how many there are.
 pub fn find_all_on_bus0(vendor: u16, device: u16, out: &mut [Function]) -> usize {
+    scan_bus0(out, |f| {
+        f.read8(REG_HEADER_TYPE) & HEADER_TYPE_MASK == 0
+            && f.read16(REG_VENDOR) == vendor
+            && f.read16(REG_DEVICE) == device
+    })
+}
+
+/// Scans bus 0 (functions 1-7 only of multi-function devices) and copies the present
+/// functions that `keep` accepts into `out` as far as it holds them; returns how many
+/// there are.
+fn scan_bus0(out: &mut [Function], mut keep: impl FnMut(&Function) -> bool) -> usize {
     let mut n = 0;
     for dev in 0..DEVICES {
         let first = Function {
@@ -297,8 +279,7 @@ pub fn find_all_on_bus0(vendor: u16, device: u16, out: &mut [Function]) -> usize
                 device: dev,
                 function,
             };
-            let is_type0 = f.read8(REG_HEADER_TYPE) & HEADER_TYPE_MASK == 0;
-            if is_type0 && f.read16(REG_VENDOR) == vendor && f.read16(REG_DEVICE) == device {
+            if f.read16(REG_VENDOR) != NO_VENDOR && keep(&f) {
                 if let Some(slot) = out.get_mut(n) {
                     *slot = f;
                 }
