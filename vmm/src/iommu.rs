@@ -10,7 +10,7 @@ use virtual_iommu::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::router::{InterruptBackend, InterruptRouter};
+use crate::interrupt::{InterruptBackend, InterruptRouter};
 
 /// Guest RAM as the IOMMU model sees it: accesses outside RAM fail whole.
 pub struct GuestRam(pub GuestMemoryMmap);
@@ -80,19 +80,19 @@ impl Iommu {
 
 /// The unit's register page on the MMIO bus. Effects are applied before the writing vCPU
 /// resumes, so a guest polling a wait descriptor's status sees the routes already updated.
-pub struct VtdMmio<B: InterruptBackend> {
+pub struct VtdMmio<B: InterruptBackend + 'static> {
     iommu: Arc<Iommu>,
     router: Weak<InterruptRouter<B>>,
 }
 
-impl<B: InterruptBackend> VtdMmio<B> {
+impl<B: InterruptBackend + 'static> VtdMmio<B> {
     /// The register window of `iommu`, reporting effects to `router`.
     pub fn new(iommu: Arc<Iommu>, router: Weak<InterruptRouter<B>>) -> Self {
         VtdMmio { iommu, router }
     }
 }
 
-impl<B: InterruptBackend> BusDevice for VtdMmio<B> {
+impl<B: InterruptBackend + 'static> BusDevice for VtdMmio<B> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         self.iommu.mmio_read(offset, data);
     }

@@ -17,10 +17,9 @@ use virtual_iommu::{SourceId, VtdConfig};
 use vm_memory::GuestMemoryMmap;
 
 use crate::bus::Bus;
-use crate::interrupts::{IoApicPins, PciVectors, TranslationPolicy};
+use crate::interrupt::{HostPosting, InterruptRouter, IoApicPins, PciVectors, TranslationPolicy};
 use crate::iommu::{Iommu, VtdMmio};
 use crate::layout::*;
-use crate::router::InterruptRouter;
 use crate::vm::{Error, IommuKind, PciDeviceKind, VmConfig};
 
 /// The IOAPIC's requester ID: bus 0xff, device 0, function 0, as the DMAR names it.
@@ -65,10 +64,10 @@ fn add_pci_devices(
             PciDeviceKind::Edu => EDU_MSI_VECTORS,
             PciDeviceKind::EduMsix => EDU_MSIX_VECTORS,
         };
-        let gsis = router
-            .allocate(vectors)
-            .map_err(|e| Error::usage("--device", e.to_string()))?;
-        let sink = Arc::new(PciVectors::new(router.clone(), address.source_id(), gsis));
+        let sink = Arc::new(
+            PciVectors::new(router.clone(), address.source_id(), vectors)
+                .map_err(|e| Error::usage("--device", e.to_string()))?,
+        );
         let function: SharedPciFunction = match kind {
             PciDeviceKind::Edu => Arc::new(Mutex::new(EduDevice::new(sink).map_err(pci_error)?)),
             PciDeviceKind::EduMsix => {
@@ -98,14 +97,16 @@ pub fn build(
         IommuKind::None => None,
         IommuKind::Intel => Some(Arc::new(Iommu::new(VtdConfig::default(), mem.clone()))),
     };
-    let router = Arc::new(InterruptRouter::new(
+    let (b, d, f) = IOAPIC_SOURCE_ID;
+    let router = InterruptRouter::new(
         vm,
         policy,
         iommu.clone(),
         IOAPIC_PINS as u32,
-    ));
-    let (b, d, f) = IOAPIC_SOURCE_ID;
-    let pins = Arc::new(IoApicPins::new(router.clone(), SourceId::new(b, d, f)));
+        SourceId::new(b, d, f),
+        HostPosting::default(),
+    );
+    let pins = Arc::new(IoApicPins::new(router.clone()));
     let ioapic = Arc::new(Mutex::new(IoApic::new(IOAPIC_ID, pins)));
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         output,

@@ -207,7 +207,7 @@ pub enum Error {
     Platform(String),
     /// The interrupt router failed.
     #[error("interrupts: {0}")]
-    Router(#[from] crate::router::RouterError),
+    Router(#[from] crate::interrupt::RouterError),
     /// KVM_SET_MSRS set fewer MSRs than asked.
     #[error("KVM_SET_MSRS set {set} of {asked} boot MSRs")]
     Msrs {
@@ -660,7 +660,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
         mmio: platform.mmio,
         ioapic_eoi: Box::new(move |vector| {
             // Routes hold the translated vector; with remapping it differs from the RTE's.
-            for pin in router.level_pins_with_vector(IOAPIC_PINS as u32, vector) {
+            for pin in router.eoi_pins(vector) {
                 match ioapic.lock() {
                     Ok(mut io) => io.end_of_interrupt_pin(pin as usize),
                     Err(_) => log::error!("IOAPIC lock poisoned"),

@@ -11,10 +11,11 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use kvm_bindings::{kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
-use kvm_ioctls::VmFd;
+use kvm_bindings::{kvm_irq_routing_entry, KVM_IRQ_ROUTING_MSI};
 use thiserror::Error;
 use virtual_iommu::MsiMessage;
+
+pub use super::kvm::RoutingBackend;
 
 /// Route-table errors.
 #[derive(Debug, Error)]
@@ -28,20 +29,6 @@ pub enum RouteError {
     /// The table's lock was poisoned by a panicking thread.
     #[error("route table lock poisoned")]
     Poisoned,
-}
-
-/// Where committed routes go: KVM in production, a recorder in tests.
-pub trait RoutingBackend: Send + Sync {
-    /// Replaces the whole routing table with `entries`.
-    fn set_routes(&self, entries: &[kvm_irq_routing_entry]) -> Result<(), RouteError>;
-}
-
-impl RoutingBackend for VmFd {
-    fn set_routes(&self, entries: &[kvm_irq_routing_entry]) -> Result<(), RouteError> {
-        let routing =
-            KvmIrqRouting::from_entries(entries).map_err(|_| RouteError::TooMany(entries.len()))?;
-        self.set_gsi_routing(&routing).map_err(RouteError::Commit)
-    }
 }
 
 /// Counters that let tests and benchmarks assert how much work route updates cost.
