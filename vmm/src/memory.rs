@@ -1,6 +1,15 @@
 //! Guest RAM: its regions around the 32-bit hole and the memory map given to the guest.
+//!
+//! RAM is one memfd mapped shared (`MAP_SHARED`), its size sealed, so another process (a
+//! vfio-user device server) can map the same pages for DMA: the file descriptor and each
+//! region's offset in it are what `DMA_MAP` hands over.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use thiserror::Error;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
     ACPI_END, ACPI_START, EBDA_START, HIGH_RAM_BASE, HIGH_RAM_START, LOW_MEM_START, LOW_RAM_END,
@@ -40,9 +49,61 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
     regions
 }
 
-/// Allocates guest RAM of `size` bytes.
-pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
-    GuestMemoryMmap::from_ranges(&ram_regions(size))
+/// Why guest RAM could not be created.
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    /// The memfd could not be created, sized or sealed.
+    #[error("guest RAM memfd: {op}: {source}")]
+    Memfd {
+        /// The step that failed.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Mapping the regions failed.
+    #[error("guest RAM mapping: {0}")]
+    Map(#[from] vm_memory::mmap::FromRangesError),
+}
+
+/// A sealed memfd of `size` bytes (shrinking, growing and further seals refused).
+fn sealed_memfd(size: u64) -> Result<File, MemoryError> {
+    let io = |op| move |source| MemoryError::Memfd { op, source };
+    // SAFETY: memfd_create with a static NUL-terminated name; the result is checked.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"irvmm-guest-ram".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(io("memfd_create")(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).map_err(io("ftruncate"))?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on our own memfd; the result is checked.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io("F_ADD_SEALS")(std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+/// Allocates guest RAM of `size` bytes: one sealed memfd, mapped shared, low RAM at file
+/// offset 0 and high RAM after it.
+pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let file = Arc::new(sealed_memfd(size)?);
+    let mut offset = 0u64;
+    let ranges: Vec<_> = ram_regions(size)
+        .into_iter()
+        .map(|(addr, len)| {
+            let fo = FileOffset::from_arc(file.clone(), offset);
+            offset += len as u64;
+            (addr, len, Some(fo))
+        })
+        .collect();
+    Ok(GuestMemoryMmap::from_ranges_with_files(&ranges)?)
 }
 
 /// The memory map the guest sees (e820 for bzImage, the PVH memmap for ELF kernels).
@@ -78,6 +139,31 @@ pub fn memory_map(size: u64) -> Vec<MemoryMapEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ram_is_one_sealed_shared_memfd() {
+        use std::os::fd::AsRawFd;
+        use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+        let size = LOW_RAM_END + (16 << 20);
+        let mem = create_guest_memory(size).unwrap();
+        let regions: Vec<_> = mem.iter().collect();
+        assert_eq!(regions.len(), 2);
+        let (a, b) = (
+            regions[0].file_offset().unwrap(),
+            regions[1].file_offset().unwrap(),
+        );
+        assert_eq!(a.file().as_raw_fd(), b.file().as_raw_fd(), "one memfd");
+        assert_eq!((a.start(), b.start()), (0, LOW_RAM_END));
+        // Another mapping of the file sees guest writes (MAP_SHARED).
+        mem.write_obj(0xabcd_u32, GuestAddress(HIGH_RAM_BASE + 8))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        std::os::unix::fs::FileExt::read_at(b.file(), &mut buf, LOW_RAM_END + 8).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0xabcd);
+        // The size is sealed.
+        assert!(a.file().set_len(size * 2).is_err());
+        assert!(a.file().set_len(size / 2).is_err());
+    }
 
     #[test]
     fn small_guest_has_only_low_ram() {

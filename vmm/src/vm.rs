@@ -174,7 +174,7 @@ pub enum Error {
     },
     /// Guest memory could not be created.
     #[error("guest memory: {0}")]
-    Memory(#[from] vm_memory::mmap::FromRangesError),
+    Memory(#[from] crate::memory::MemoryError),
     /// Boot data could not be written.
     #[error("boot: {0}")]
     Boot(BootError),
