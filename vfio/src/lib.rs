@@ -8,8 +8,11 @@
 
 pub mod backend;
 pub mod caps;
+pub mod host;
+pub mod kernel;
 
 pub use backend::{
     BackendError, BackendKind, DmaRegion, IrqInfo, Isolation, RegionInfo, RegionMmap,
     VfioBackend,
 };
+pub use kernel::{KernelOpenError, KernelVfio, VfioKernelDevice};
