@@ -10,6 +10,7 @@ pub mod backend;
 pub mod caps;
 pub mod host;
 pub mod kernel;
+pub mod user;
 
 pub use backend::{
     BackendError, BackendKind, DmaRegion, IrqInfo, Isolation, RegionInfo, RegionMmap,
