@@ -7,7 +7,7 @@
 //! device fd. The group's MSI isolation is decided from `allow_unsafe_interrupts` read
 //! around that attach ([`super::isolation`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +44,8 @@ struct State {
     kvm_device: Option<VfioDeviceFd>,
     container: Option<Arc<VfioContainer>>,
     groups: HashMap<u32, HeldGroup>,
+    /// Addresses of the open devices (a device is opened once per VM).
+    open: HashSet<String>,
     dma: DmaMappings,
 }
 
@@ -106,6 +108,7 @@ impl KernelVfio {
                 kvm_device: kvm_vfio.map(VfioDeviceFd::new_from_kvm),
                 container: None,
                 groups: HashMap::new(),
+                open: HashSet::new(),
                 dma: DmaMappings::default(),
             }),
             next_owner: AtomicU64::new(CONTAINER_OWNER + 1),
@@ -124,6 +127,9 @@ impl KernelVfio {
     pub fn open(self: &Arc<Self>, path: &str) -> Result<VfioKernelDevice, KernelOpenError> {
         let dev = sysfs::inspect_device(&self.sysfs_root, path)?;
         let mut st = self.state();
+        if st.open.contains(&dev.bdf) {
+            return Err(KernelOpenError::DeviceBusy { bdf: dev.bdf });
+        }
         let held = st.groups.contains_key(&dev.group);
         sysfs::check_nodes(&self.dev_root, &dev, held)?;
         let container = self.container(&mut st, &dev)?;
@@ -170,6 +176,7 @@ impl KernelVfio {
                 isolation,
             })
             .devices += 1;
+        st.open.insert(dev.bdf);
         Ok(opened)
     }
 
@@ -351,9 +358,10 @@ impl KernelVfio {
         }
     }
 
-    /// A device of `group` was closed (after its vfio-ioctls device was dropped).
-    pub(crate) fn device_closed(&self, group: u32) {
+    /// Device `bdf` of `group` was closed (after its vfio-ioctls device was dropped).
+    pub(crate) fn device_closed(&self, bdf: &str, group: u32) {
         let mut st = self.state();
+        st.open.remove(bdf);
         if let Some(g) = st.groups.get_mut(&group) {
             g.devices = g.devices.saturating_sub(1);
             if g.devices == 0 {

@@ -390,6 +390,6 @@ impl Drop for VfioKernelDevice {
                 self.bdf
             );
         }
-        self.host.device_closed(self.group);
+        self.host.device_closed(&self.bdf, self.group);
     }
 }
