@@ -355,6 +355,11 @@ pub trait VfioBackend: Send {
     fn dma_map(&mut self, region: &DmaRegion) -> Result<(), BackendError>;
     /// Removes a DMA mapping made by [`VfioBackend::dma_map`].
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), BackendError>;
+    /// A descriptor that reports a hang-up when the device goes away (a vfio-user
+    /// server's socket), so the VMM can stop mapping its memory into the guest at once.
+    fn hangup_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 #[cfg(test)]

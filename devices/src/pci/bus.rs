@@ -49,7 +49,7 @@ use log::debug;
 use super::config::{
     BarKind, BarRegion, BarSpace, ConfigWriteEffect, PciConfigSpace, PciHeader, PCI_BAR0,
     PCI_BAR_REG_SIZE, PCI_COMMAND, PCI_COMMAND_IO, PCI_COMMAND_MEMORY, PCI_CONFIG_SPACE_SIZE,
-    PCI_HEADER_TYPE, PCI_HEADER_TYPE_MULTIFUNCTION,
+    PCI_EXPANSION_ROM, PCI_HEADER_TYPE, PCI_HEADER_TYPE_MULTIFUNCTION, PCI_ROM_BAR_INDEX,
 };
 use super::{PciAddress, PciError, PciFunction, SharedPciFunction};
 use crate::{fill_ones, BusDevice};
@@ -461,7 +461,12 @@ impl PciRoot {
 
         let mut enables: BTreeMap<PciAddress, u16> = BTreeMap::new();
         for a in &assignments {
-            let offset = PCI_BAR0 + PCI_BAR_REG_SIZE * u16::from(a.bar);
+            // The expansion ROM is placed but left disabled, as firmware does.
+            let offset = if a.bar == PCI_ROM_BAR_INDEX {
+                PCI_EXPANSION_ROM
+            } else {
+                PCI_BAR0 + PCI_BAR_REG_SIZE * u16::from(a.bar)
+            };
             self.config_write(a.address, offset, &(a.base as u32).to_le_bytes());
             if a.kind == BarKind::Memory64 {
                 let high = (a.base >> u32::BITS) as u32;

@@ -71,6 +71,16 @@ pub const PCI_SUBSYSTEM_VENDOR_ID: u16 = 0x2c;
 pub const PCI_SUBSYSTEM_ID: u16 = 0x2e;
 /// Offset of the expansion ROM BAR (not implemented: reads zero).
 pub const PCI_EXPANSION_ROM: u16 = 0x30;
+/// The index [`BarRegion`]s use for the expansion ROM BAR (register at
+/// [`PCI_EXPANSION_ROM`]); functions without a ROM never report it.
+pub const PCI_ROM_BAR_INDEX: u8 = 6;
+/// Expansion ROM BAR: address decode enable (bit 0).
+pub const PCI_ROM_ENABLE: u32 = 1;
+/// Expansion ROM BAR: the address bits (31:11).
+pub const PCI_ROM_ADDRESS_MASK: u32 = 0xffff_f800;
+/// Smallest expansion ROM.
+pub const PCI_ROM_MIN_SIZE: u64 = 0x800;
+
 /// Offset of the capabilities pointer (8 bits, read only).
 pub const PCI_CAPABILITY_LIST: u16 = 0x34;
 /// Offset of the interrupt line register (8 bits, read-write, no effect).
@@ -616,6 +626,11 @@ impl PciConfigSpace {
     /// The command register.
     pub fn command(&self) -> u16 {
         self.read_u16(PCI_COMMAND)
+    }
+
+    /// True when the command register's INTx disable bit is set.
+    pub fn intx_disabled(&self) -> bool {
+        self.command() & PCI_COMMAND_INTX_DISABLE != 0
     }
 
     /// True when Bus Master Enable is set (the function may send MSIs).

@@ -92,6 +92,12 @@ pub trait MsiSink: Send + Sync {
 
     /// Delivers vector `index` (its route is set).
     fn trigger_vector(&self, index: u16);
+
+    /// The vectors' effective masks changed (vector or function mask): `true` = masked.
+    /// Emulated devices ignore this (the capability keeps pending bits itself); a sink
+    /// whose vectors the hardware raises on its own (passthrough through irqfds) must stop
+    /// KVM from delivering masked ones and report their interrupts back as pending.
+    fn set_vectors_masked(&self, _changes: &[(u16, bool)]) {}
 }
 
 /// Sends route changes to `sink`: nothing for none, one call for one, a batch for more.

@@ -215,9 +215,25 @@ impl MsiCapability {
         }
         emit_routes(self.sink.as_ref(), &changes);
         if self.maskable {
+            let old = self.mask;
             self.mask = config.read_u32(self.offset + MSI_MASK_BITS) & vector_bits(self.vectors);
+            if old != self.mask {
+                let flips: Vec<_> = (0..self.vectors)
+                    .filter(|v| (old ^ self.mask) & vector_bit(*v) != 0)
+                    .map(|v| (v, self.is_masked(v)))
+                    .collect();
+                self.deliver_pending(config);
+                self.sink.set_vectors_masked(&flips);
+                return;
+            }
         }
         self.deliver_pending(config);
+    }
+
+    /// Tells the sink every vector's mask (once, when a sink that cares is connected).
+    pub fn announce_masks(&self) {
+        let all: Vec<_> = (0..self.vectors).map(|v| (v, self.is_masked(v))).collect();
+        self.sink.set_vectors_masked(&all);
     }
 
     /// Raises `vector`: delivered at once when enabled and unmasked, recorded as pending

@@ -379,10 +379,35 @@ impl MsixCapability {
             }
             emit_routes(self.sink.as_ref(), &changes);
         }
+        let mask_changed = function_masked != self.function_masked;
         self.function_masked = function_masked;
         for vector in 0..self.layout.vectors {
             self.deliver_if_pending(vector);
         }
+        if mask_changed {
+            // Vectors masked at the entry level keep their state; the others flip.
+            let changes: Vec<_> = (0..self.layout.vectors)
+                .filter(|v| !self.is_vector_masked(*v))
+                .map(|v| (v, function_masked))
+                .collect();
+            if !changes.is_empty() {
+                self.sink.set_vectors_masked(&changes);
+            }
+        }
+    }
+
+    /// True when `vector` is masked by its entry or by the function mask.
+    pub fn is_effectively_masked(&self, vector: u16) -> bool {
+        self.function_masked || self.is_vector_masked(vector)
+    }
+
+    /// Tells the sink every vector's effective mask (once, when a sink that cares is
+    /// connected; later changes are reported as they happen).
+    pub fn announce_masks(&self) {
+        let all: Vec<_> = (0..self.layout.vectors)
+            .map(|v| (v, self.is_effectively_masked(v)))
+            .collect();
+        self.sink.set_vectors_masked(&all);
     }
 
     /// Handles a read of BAR `bar` at `offset` if it falls in the table or the PBA;
@@ -463,10 +488,12 @@ impl MsixCapability {
             return;
         };
         let field = (offset % MSIX_ENTRY_SIZE) / DWORD as u64;
+        let was_masked = entry.masked();
         entry.set_field(field, value as u32);
         if data.len() == QWORD {
             entry.set_field(field + 1, (value >> u32::BITS) as u32);
         }
+        let now_masked = entry.masked();
         // The index is below the table size, which fits u16.
         let vector = index as u16;
         let desired = self.desired_route(vector);
@@ -477,6 +504,9 @@ impl MsixCapability {
             }
         }
         self.deliver_if_pending(vector);
+        if was_masked != now_masked && !self.function_masked {
+            self.sink.set_vectors_masked(&[(vector, now_masked)]);
+        }
     }
 
     /// Reads the PBA at `offset` from its start.
@@ -935,5 +965,38 @@ mod tests {
         let msix = MsixCapability::new(&mut config, good, sink).unwrap();
         assert_eq!(good.pba_size(), 16);
         assert_eq!(msix.vectors(), 128);
+    }
+
+    #[test]
+    fn effective_mask_changes_reach_the_sink() {
+        let (mut config, mut msix, sink) = setup();
+        msix.announce_masks();
+        let all = sink.take_masks();
+        assert_eq!(all.len(), usize::from(VECTORS));
+        assert!(all.iter().all(|&(_, m)| m), "entries start masked");
+        control(&mut config, &mut msix, MSIX_CTRL_ENABLE);
+        assert!(
+            sink.take_masks().is_empty(),
+            "enabling does not change masks"
+        );
+        unmask(&mut msix, 3);
+        assert_eq!(sink.take_masks(), vec![(3, false)]);
+        // Rewriting the control dword with the same mask reports nothing.
+        write32(&mut msix, entry_offset(3, MSIX_ENTRY_VECTOR_CONTROL), 0);
+        assert!(sink.take_masks().is_empty());
+        // The function mask flips every vector whose entry is unmasked.
+        control(
+            &mut config,
+            &mut msix,
+            MSIX_CTRL_ENABLE | MSIX_CTRL_FUNCTION_MASK,
+        );
+        assert_eq!(sink.take_masks(), vec![(3, true)]);
+        // An entry change under the function mask changes nothing effective.
+        unmask(&mut msix, 4);
+        assert!(sink.take_masks().is_empty());
+        control(&mut config, &mut msix, MSIX_CTRL_ENABLE);
+        assert_eq!(sink.take_masks(), vec![(3, false), (4, false)]);
+        assert!(!msix.is_effectively_masked(4));
+        assert!(msix.is_effectively_masked(5));
     }
 }

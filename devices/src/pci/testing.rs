@@ -21,6 +21,7 @@ pub enum MsiCall {
 #[derive(Default)]
 pub struct RecordingMsiSink {
     calls: Mutex<Vec<MsiCall>>,
+    masks: Mutex<Vec<(u16, bool)>>,
 }
 
 impl RecordingMsiSink {
@@ -31,6 +32,11 @@ impl RecordingMsiSink {
     /// Returns and forgets the calls recorded so far.
     pub fn take(&self) -> Vec<MsiCall> {
         std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    /// Returns and forgets the mask changes reported so far.
+    pub fn take_masks(&self) -> Vec<(u16, bool)> {
+        std::mem::take(&mut *self.masks.lock().unwrap())
     }
 
     /// The triggers recorded so far (forgetting every call).
@@ -59,5 +65,9 @@ impl MsiSink for RecordingMsiSink {
 
     fn trigger_vector(&self, index: u16) {
         self.calls.lock().unwrap().push(MsiCall::Trigger(index));
+    }
+
+    fn set_vectors_masked(&self, changes: &[(u16, bool)]) {
+        self.masks.lock().unwrap().extend_from_slice(changes);
     }
 }
