@@ -8,9 +8,12 @@
 //! * [`msi`]: the message types every interrupt source speaks.
 //! * [`vtd`]: an Intel VT-d remapping unit with interrupt remapping and queued
 //!   invalidation ([`vtd::VtdUnit`]).
+//! * [`amd`]: an AMD-Vi unit with interrupt remapping, the command buffer, event and GA
+//!   logs, and guest virtual APIC posting ([`amd::AmdViUnit`]).
 
 #![warn(missing_docs)]
 
+pub mod amd;
 pub mod memory;
 pub mod msi;
 pub mod vtd;

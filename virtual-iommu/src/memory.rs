@@ -30,8 +30,9 @@ pub enum MemError {
 /// Both methods take `&self` so that a model can read tables while it is borrowed
 /// immutably (`translate`); implementations use interior mutability for writes, as
 /// vm-memory's `GuestMemoryMmap` already does. The name reflects its main use (reading
-/// tables); it also carries the few status writes hardware performs (the status word of
-/// an invalidation-wait descriptor).
+/// tables); it also carries the few writes hardware performs (the status word of an
+/// invalidation-wait descriptor, AMD-Vi event and GA log entries, and the IRR bit of a
+/// posted guest-mode interrupt through [`GuestMemoryReader::fetch_or_u32`]).
 pub trait GuestMemoryReader {
     /// Fills `buf` from guest-physical address `gpa`. Must fail, not wrap or truncate,
     /// when any byte of the range is outside guest RAM.
@@ -40,4 +41,22 @@ pub trait GuestMemoryReader {
     /// Writes `buf` to guest-physical address `gpa`. Must fail, writing nothing, when any
     /// byte of the range is outside guest RAM.
     fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError>;
+
+    /// ORs `mask` into the little-endian dword at `gpa` and returns its previous value.
+    ///
+    /// This is how an AMD-Vi unit posts a guest-mode interrupt: it sets the vector's bit in
+    /// the IRR of a vAPIC backing page that the guest's own vCPUs (and a guest hypervisor)
+    /// read and write concurrently. **The VMM must implement this as one atomic
+    /// read-modify-write** (`lock or` / `AtomicU32::fetch_or` on the mapped dword, which
+    /// `gpa` being 4-byte aligned makes possible), or a concurrent guest update of the same
+    /// dword could be lost. The default implementation is a plain read followed by a write:
+    /// correct only when nothing else touches guest memory meanwhile (tests, fuzzing).
+    /// Must fail, changing nothing, when any byte of the dword is outside guest RAM.
+    fn fetch_or_u32(&self, gpa: u64, mask: u32) -> Result<u32, MemError> {
+        let mut bytes = [0u8; 4];
+        self.read(gpa, &mut bytes)?;
+        let old = u32::from_le_bytes(bytes);
+        self.write(gpa, &(old | mask).to_le_bytes())?;
+        Ok(old)
+    }
 }
