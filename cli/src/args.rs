@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use vmm::{ApicMode, IommuKind, PciDeviceKind, SerialMode, Topology};
+use vmm::passthrough::{MsixPolicy, PassthroughConfig, PassthroughSource};
+use vmm::{ApicMode, DeviceConfig, IommuKind, PciDeviceKind, SerialMode, Topology};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -12,6 +13,8 @@ Examples:
   irvmm --kernel target/guests/probe.elf --cmdline probe=boot --cpus 288,sockets=2,cores=144,threads=1
   irvmm --kernel bzImage --cpu-features -cx16,-xsave --cmdline \"console=ttyS0 noxsave\" --serial file:boot.log
   irvmm --kernel target/guests/probe.elf --cmdline probe=ir-basic --cpus 288 --iommu intel --device edu
+  irvmm --kernel vmlinux --device vfio,path=/sys/bus/pci/devices/0000:01:00.0 --iommu intel --cpus 8
+  irvmm --kernel target/guests/probe.elf --cmdline probe=vfio-basic --device vfio-user,socket=/tmp/dev.sock
 
 Exit status: the guest's debug-exit status (port 0x501), 0 on ACPI power-off or reset,
 120 when the guest crashes (triple fault, KVM internal error), 121 on a VMM failure,
@@ -67,10 +70,18 @@ pub struct Args {
     #[arg(long, value_name = "none|intel", default_value = "none", value_parser = parse_iommu)]
     pub iommu: IommuKind,
 
-    /// Add an emulated PCI device (repeatable): edu (QEMU's edu test device, MSI) or
-    /// edu-msix (its MSI-X variant with 256 vectors).
-    #[arg(long = "device", value_name = "edu|edu-msix", value_parser = parse_device, action = clap::ArgAction::Append)]
-    pub devices: Vec<PciDeviceKind>,
+    /// Add a PCI device (repeatable, placed on bus 0 in order): edu (QEMU's edu test
+    /// device, MSI), edu-msix (its MSI-X variant with 256 vectors), a host device through
+    /// kernel VFIO (vfio,path=SYSFS_PATH) or a vfio-user server's device
+    /// (vfio-user,socket=PATH); passthrough takes msix=auto|relocate|trap|direct (where the
+    /// guest's MSI-X table lives; auto relocates it when the host isolates MSIs).
+    #[arg(
+        long = "device",
+        value_name = "edu|edu-msix|vfio,path=P[,msix=M]|vfio-user,socket=S[,msix=M]",
+        value_parser = parse_device,
+        action = clap::ArgAction::Append
+    )]
+    pub devices: Vec<DeviceConfig>,
 
     /// KVM device node.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
@@ -160,13 +171,65 @@ pub fn parse_iommu(s: &str) -> Result<IommuKind, String> {
     }
 }
 
-/// Parses a device name.
-pub fn parse_device(s: &str) -> Result<PciDeviceKind, String> {
-    match s {
-        "edu" => Ok(PciDeviceKind::Edu),
-        "edu-msix" => Ok(PciDeviceKind::EduMsix),
-        _ => Err(format!("'{s}' is not a known device (edu, edu-msix)")),
+/// Parses `msix=` of a passthrough device.
+fn parse_msix(v: &str) -> Result<MsixPolicy, String> {
+    match v {
+        "auto" => Ok(MsixPolicy::Auto),
+        "relocate" => Ok(MsixPolicy::Relocate),
+        "trap" => Ok(MsixPolicy::Trap),
+        "direct" => Ok(MsixPolicy::Direct),
+        _ => Err(format!(
+            "msix={v} is not a placement (use auto, relocate, trap or direct)"
+        )),
     }
+}
+
+/// Parses a device: `edu`, `edu-msix`, `vfio,path=P[,msix=M]` or
+/// `vfio-user,socket=S[,msix=M]`.
+pub fn parse_device(s: &str) -> Result<DeviceConfig, String> {
+    let mut parts = s.split(',');
+    let kind = parts.next().unwrap_or("");
+    let simple = |k: PciDeviceKind| -> Result<DeviceConfig, String> {
+        match s.split_once(',') {
+            None => Ok(DeviceConfig::Emulated(k)),
+            Some((_, rest)) => Err(format!("{kind} takes no options (got '{rest}')")),
+        }
+    };
+    let (key, what) = match kind {
+        "edu" => return simple(PciDeviceKind::Edu),
+        "edu-msix" => return simple(PciDeviceKind::EduMsix),
+        "vfio" => (
+            "path",
+            "a sysfs path such as /sys/bus/pci/devices/0000:01:00.0",
+        ),
+        "vfio-user" => ("socket", "the server's socket path"),
+        _ => return Err(format!(
+            "'{kind}' is not a known device (edu, edu-msix, vfio,path=..., vfio-user,socket=...)"
+        )),
+    };
+    let mut location = None;
+    let mut msix = MsixPolicy::Auto;
+    for p in parts {
+        match p.split_once('=') {
+            Some((k, v)) if k == key && !v.is_empty() => location = Some(v.to_string()),
+            Some(("msix", v)) => msix = parse_msix(v)?,
+            _ => {
+                return Err(format!(
+                    "{kind}: unknown option '{p}' (use {key}=..., msix=...)"
+                ))
+            }
+        }
+    }
+    let location = location.ok_or_else(|| format!("{kind} needs {key}=: {what}"))?;
+    let source = if kind == "vfio" {
+        PassthroughSource::Kernel(location.into())
+    } else {
+        PassthroughSource::User(location.into())
+    };
+    Ok(DeviceConfig::Passthrough(PassthroughConfig {
+        source,
+        msix,
+    }))
 }
 
 /// Parses `on` or `off`.
@@ -218,6 +281,33 @@ mod tests {
                 .unwrap()
                 .ext_dest_id
         );
+    }
+
+    #[test]
+    fn devices() {
+        assert_eq!(
+            parse_device("edu"),
+            Ok(DeviceConfig::Emulated(PciDeviceKind::Edu))
+        );
+        assert!(parse_device("edu,x=1").is_err());
+        assert_eq!(
+            parse_device("vfio-user,socket=/tmp/s,msix=trap"),
+            Ok(DeviceConfig::Passthrough(PassthroughConfig {
+                source: PassthroughSource::User("/tmp/s".into()),
+                msix: MsixPolicy::Trap
+            }))
+        );
+        assert_eq!(
+            parse_device("vfio,path=/sys/bus/pci/devices/0000:01:00.0"),
+            Ok(DeviceConfig::Passthrough(PassthroughConfig {
+                source: PassthroughSource::Kernel("/sys/bus/pci/devices/0000:01:00.0".into()),
+                msix: MsixPolicy::Auto
+            }))
+        );
+        assert!(parse_device("vfio").unwrap_err().contains("needs path="));
+        assert!(parse_device("vfio-user,socket=/s,msix=sometimes").is_err());
+        assert!(parse_device("vfio-user,path=/s").is_err());
+        assert!(parse_device("nic").is_err());
     }
 
     #[test]

@@ -12,11 +12,13 @@ pub mod interrupt;
 pub mod iommu;
 pub mod layout;
 pub mod memory;
+pub mod passthrough;
 pub mod platform;
 pub mod topology;
 pub mod vcpu;
 pub mod vm;
 
 pub use topology::{Topology, TopologyError};
+
 pub use vcpu::VmOutcome;
-pub use vm::{run, ApicMode, Error, IommuKind, PciDeviceKind, SerialMode, VmConfig};
+pub use vm::{run, ApicMode, DeviceConfig, Error, IommuKind, PciDeviceKind, SerialMode, VmConfig};

@@ -20,7 +20,10 @@ use crate::bus::Bus;
 use crate::interrupt::{HostPosting, InterruptRouter, IoApicPins, PciVectors, TranslationPolicy};
 use crate::iommu::{Iommu, VtdMmio};
 use crate::layout::*;
-use crate::vm::{Error, IommuKind, PciDeviceKind, VmConfig};
+use crate::passthrough::events::PassthroughEvents;
+use crate::passthrough::slots::BarMapper;
+use crate::passthrough::{AttachContext, Opened, Passthrough};
+use crate::vm::{DeviceConfig, Error, IommuKind, PciDeviceKind, VmConfig};
 
 /// The IOAPIC's requester ID: bus 0xff, device 0, function 0, as the DMAR names it.
 pub const IOAPIC_SOURCE_ID: (u8, u8, u8) = (0xff, 0, 0);
@@ -41,18 +44,30 @@ pub struct Platform {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// The interrupt router.
     pub router: Arc<InterruptRouter<VmFd>>,
+    /// Passed-through devices.
+    pub passthrough: Passthrough,
 }
 
 fn pci_error(e: devices::pci::PciError) -> Error {
     Error::Platform(format!("PCI: {e}"))
 }
 
+/// What placing PCI devices needs.
+struct PciSetup<'a> {
+    router: &'a Arc<InterruptRouter<VmFd>>,
+    mem: &'a GuestMemoryMmap,
+    mapper: &'a Arc<BarMapper<VmFd>>,
+    passthrough: &'a mut Passthrough,
+}
+
 fn add_pci_devices(
     root: &mut PciRoot,
-    router: &Arc<InterruptRouter<VmFd>>,
-    kinds: &[PciDeviceKind],
+    setup: PciSetup<'_>,
+    devices: &[DeviceConfig],
+    opened: Vec<Opened>,
 ) -> Result<(), Error> {
-    for kind in kinds {
+    let mut opened = opened.into_iter();
+    for device in devices {
         let dev = root.free_device().ok_or_else(|| {
             Error::usage(
                 "--device",
@@ -60,12 +75,30 @@ fn add_pci_devices(
             )
         })?;
         let address = PciAddress::new(0, dev, 0).map_err(pci_error)?;
+        let kind = match device {
+            DeviceConfig::Emulated(kind) => *kind,
+            DeviceConfig::Passthrough(_) => {
+                let o = opened
+                    .next()
+                    .ok_or_else(|| Error::Platform("passthrough device not opened".into()))?;
+                let events = setup.passthrough.events().clone();
+                let mut ctx = AttachContext {
+                    router: setup.router,
+                    root,
+                    mem: setup.mem,
+                    mapper: setup.mapper,
+                    events: &events,
+                };
+                setup.passthrough.attach(&mut ctx, o, address)?;
+                continue;
+            }
+        };
         let vectors = match kind {
             PciDeviceKind::Edu => EDU_MSI_VECTORS,
             PciDeviceKind::EduMsix => EDU_MSIX_VECTORS,
         };
         let sink = Arc::new(
-            PciVectors::new(router.clone(), address.source_id(), vectors)
+            PciVectors::new(setup.router.clone(), address.source_id(), vectors)
                 .map_err(|e| Error::usage("--device", e.to_string()))?,
         );
         let function: SharedPciFunction = match kind {
@@ -82,6 +115,27 @@ fn add_pci_devices(
     Ok(())
 }
 
+/// Whether the host can post irqfd vectors (only asked when something is passed through).
+fn host_posting(opened: &[Opened]) -> HostPosting {
+    if opened.is_empty() {
+        return HostPosting::default();
+    }
+    let h = vfio::host::host_posting(std::path::Path::new("/sys"));
+    log::info!(
+        "host posted interrupts: {} ({})",
+        if h.available {
+            "available"
+        } else {
+            "unavailable"
+        },
+        h.reason
+    );
+    HostPosting {
+        available: h.available,
+        reason: h.reason,
+    }
+}
+
 /// Builds every device and both buses.
 pub fn build(
     vm: Arc<VmFd>,
@@ -89,6 +143,8 @@ pub fn build(
     config: &VmConfig,
     output: Box<dyn Write + Send>,
     handler: Arc<dyn VmExitHandler>,
+    opened: Vec<Opened>,
+    first_slot: u32,
 ) -> Result<Platform, Error> {
     let policy = TranslationPolicy {
         ext_dest_id: config.ext_dest_id,
@@ -99,12 +155,12 @@ pub fn build(
     };
     let (b, d, f) = IOAPIC_SOURCE_ID;
     let router = InterruptRouter::new(
-        vm,
+        vm.clone(),
         policy,
         iommu.clone(),
         IOAPIC_PINS as u32,
         SourceId::new(b, d, f),
-        HostPosting::default(),
+        host_posting(&opened),
     );
     let pins = Arc::new(IoApicPins::new(router.clone()));
     let ioapic = Arc::new(Mutex::new(IoApic::new(IOAPIC_ID, pins)));
@@ -140,8 +196,21 @@ pub fn build(
         )?;
     }
 
+    let mapper = Arc::new(BarMapper::new(vm, first_slot, PciWindow::MMIO32));
+    let mut passthrough = Passthrough::new(PassthroughEvents::new(ioapic.clone(), mapper.clone()));
     let mut root = PciRoot::new();
-    add_pci_devices(&mut root, &router, &config.devices)?;
+    root.set_listener(mapper.clone());
+    add_pci_devices(
+        &mut root,
+        PciSetup {
+            router: &router,
+            mem,
+            mapper: &mapper,
+            passthrough: &mut passthrough,
+        },
+        &config.devices,
+        opened,
+    )?;
     let root = Arc::new(Mutex::new(root));
     let address_port = PciConfigAddressPort::new();
     let data_port = PciConfigDataPort::new(root.clone(), &address_port);
@@ -181,5 +250,6 @@ pub fn build(
         ioapic,
         serial,
         router,
+        passthrough,
     })
 }

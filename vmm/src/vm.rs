@@ -73,6 +73,15 @@ pub enum PciDeviceKind {
     EduMsix,
 }
 
+/// A PCI device on bus 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceConfig {
+    /// An emulated device.
+    Emulated(PciDeviceKind),
+    /// A passed-through device.
+    Passthrough(crate::passthrough::PassthroughConfig),
+}
+
 /// Everything needed to start a VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -98,8 +107,8 @@ pub struct VmConfig {
     pub apic_mode: ApicMode,
     /// The guest-visible IOMMU.
     pub iommu: IommuKind,
-    /// Emulated PCI devices, placed on bus 0 in order.
-    pub devices: Vec<PciDeviceKind>,
+    /// PCI devices, placed on bus 0 in order (device 1, 2, ...).
+    pub devices: Vec<DeviceConfig>,
 }
 
 /// Whether the vCPUs start in x2APIC mode.
@@ -559,6 +568,15 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     .map_err(|e| boot_usage(e, config))?;
     let msrs = boot_msrs(&kvm)?;
     let output = serial_output(&config.serial)?;
+    let passthrough: Vec<_> = config
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Passthrough(p) => Some(p),
+            DeviceConfig::Emulated(_) => None,
+        })
+        .collect();
+    let opened = crate::passthrough::open_all(&passthrough)?;
 
     // The KVM VM.
     let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
@@ -602,7 +620,15 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     // Interrupts and devices.
     let exit = Arc::new(ExitState::default());
     let handler: Arc<dyn VmExitHandler> = exit.clone();
-    let platform = platform::build(vm.clone(), &mem, config, output, handler)?;
+    let platform = platform::build(
+        vm.clone(),
+        &mem,
+        config,
+        output,
+        handler,
+        opened,
+        mem.num_regions() as u32,
+    )?;
     let serial = platform.serial.clone();
 
     // vCPUs: all created (and the BSP's registers set) before any runs.
@@ -655,15 +681,27 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     let router = platform.router.clone();
     let platform_router = platform.router.clone();
     let ioapic = platform.ioapic.clone();
+    let events = platform.passthrough.events().clone();
     let ctx = Arc::new(VcpuContext {
         pio: platform.pio,
         mmio: platform.mmio,
         ioapic_eoi: Box::new(move |vector| {
             // Routes hold the translated vector; with remapping it differs from the RTE's.
             for pin in router.eoi_pins(vector) {
+                let intx = events.is_intx_pin(pin);
                 match ioapic.lock() {
-                    Ok(mut io) => io.end_of_interrupt_pin(pin as usize),
+                    Ok(mut io) => {
+                        // A passed-through INTx is deasserted at the EOI; the device
+                        // asserts it again (after the unmask below) if it still needs to.
+                        if intx {
+                            io.set_irq_level(pin as usize, false);
+                        }
+                        io.end_of_interrupt_pin(pin as usize);
+                    }
                     Err(_) => log::error!("IOAPIC lock poisoned"),
+                }
+                if intx {
+                    events.intx_eoi(pin);
                 }
             }
         }),
@@ -688,12 +726,28 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     let outcome = exit.wait();
     let stats = platform_router.stats();
     log::info!(
-        "interrupt router: translations={} invalidations={} route_commits={} route_changes={}",
+        "interrupt router: translations={} invalidations={} route_commits={} route_changes={} signalled={} irqfd_binds={} irqfd_unbinds={}",
         stats.translations,
         stats.invalidations,
         stats.routes.commits,
-        stats.routes.changes
+        stats.routes.changes,
+        stats.signalled,
+        stats.irqfd_binds,
+        stats.irqfd_unbinds
     );
+    for g in platform_router.group_stats() {
+        log::info!(
+            "irqfd vectors {}: {} vectors, {} enabled, {} in KVM, {} postable, {} delivered by the VMM, {} blocked or dropped",
+            g.name,
+            g.vectors,
+            g.counts.enabled,
+            g.counts.in_kvm,
+            g.counts.postable,
+            g.vmm_deliveries,
+            g.blocked
+        );
+    }
+    platform.passthrough.report();
     if let Ok(mut s) = serial.lock() {
         s.flush_output();
     }

@@ -95,3 +95,60 @@ impl<B: InterruptBackend + 'static> MsiSink for PciVectors<B> {
         }
     }
 }
+
+/// A device's vectors signalled through eventfds (passthrough, virtio), delivered by KVM
+/// through irqfds: vector `i` is source `handles.start + i`. Masks reach the router, which
+/// takes masked vectors away from KVM.
+pub struct IrqfdVectors<B: InterruptBackend + 'static> {
+    router: Arc<InterruptRouter<B>>,
+    name: String,
+    handles: Range<u32>,
+}
+
+impl<B: InterruptBackend + 'static> IrqfdVectors<B> {
+    /// The vectors `handles` (from [`InterruptRouter::add_irqfd_vectors`]) of device `name`.
+    pub fn new(router: Arc<InterruptRouter<B>>, name: &str, handles: Range<u32>) -> Self {
+        IrqfdVectors {
+            router,
+            name: name.to_string(),
+            handles,
+        }
+    }
+
+    fn handle(&self, index: u16) -> Option<IrqHandle> {
+        let h = self.handles.start.checked_add(u32::from(index))?;
+        self.handles.contains(&h).then_some(IrqHandle(h))
+    }
+}
+
+impl<B: InterruptBackend + 'static> MsiSink for IrqfdVectors<B> {
+    fn set_vector_route(&self, index: u16, msg: Option<MsiMessage>) {
+        self.set_vector_routes(&[(index, msg)]);
+    }
+
+    fn set_vector_routes(&self, routes: &[(u16, Option<MsiMessage>)]) {
+        let changes: Vec<_> = routes
+            .iter()
+            .filter_map(|&(i, m)| self.handle(i).map(|h| (h, m)))
+            .collect();
+        if let Err(e) = self.router.set_sources(&changes) {
+            log::error!("{}: vector update failed: {e}", self.name);
+        }
+    }
+
+    fn trigger_vector(&self, index: u16) {
+        if let Some(h) = self.handle(index) {
+            self.router.trigger(h);
+        }
+    }
+
+    fn set_vectors_masked(&self, changes: &[(u16, bool)]) {
+        let changes: Vec<_> = changes
+            .iter()
+            .filter_map(|&(i, m)| self.handle(i).map(|h| (h, m)))
+            .collect();
+        if let Err(e) = self.router.set_masked(&changes) {
+            log::error!("{}: mask update failed: {e}", self.name);
+        }
+    }
+}

@@ -41,9 +41,9 @@ pub mod registry;
 pub mod report;
 pub mod router;
 pub mod routes;
-mod watcher;
+pub(crate) mod watcher;
 
-pub use adapters::{IoApicPins, PciVectors};
+pub use adapters::{IoApicPins, IrqfdVectors, PciVectors};
 pub use kvm::{InterruptBackend, IrqLine, IrqfdBackend, MsiSignal, RoutingBackend};
 pub use policy::{translate, TranslationPolicy};
 pub use registry::{IrqHandle, VectorOwner, MAX_GSI};

@@ -5,7 +5,7 @@
 //! moves an eventfd between KVM (`KVM_IRQFD`) and this set.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread;
 
@@ -56,11 +56,22 @@ impl Watcher {
 
     /// Stops watching `fd`.
     pub(crate) fn unwatch(&self, fd: &EventFd) -> io::Result<()> {
+        self.unwatch_raw(fd.as_raw_fd())
+    }
+
+    /// Watches a socket for its peer hanging up (not for data), reporting `token`.
+    pub(crate) fn watch_hangup(&self, fd: RawFd, token: u32) -> io::Result<()> {
         self.epoll.ctl(
-            ControlOperation::Delete,
-            fd.as_raw_fd(),
-            EpollEvent::default(),
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::READ_HANG_UP, u64::from(token)),
         )
+    }
+
+    /// Stops watching `fd`.
+    pub(crate) fn unwatch_raw(&self, fd: RawFd) -> io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
     }
 }
 
