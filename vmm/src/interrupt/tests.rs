@@ -596,8 +596,14 @@ fn concurrent_updates_leave_kvm_with_the_newest_translation() {
             let router = rig.router.clone();
             std::thread::spawn(move || {
                 for i in 0..200u32 {
-                    let m =
-                        MsiMessage::compat(t * 1000 + i, false, 0x40, DeliveryMode::Fixed, false);
+                    // Raw (untranslated) messages carry 8-bit destinations.
+                    let m = MsiMessage::compat(
+                        (t * 50 + i) % 256,
+                        false,
+                        0x40 + t as u8,
+                        DeliveryMode::Fixed,
+                        false,
+                    );
                     router.set_sources(&[(h, Some(m))]).unwrap();
                 }
             })
