@@ -1,9 +1,10 @@
 //! [`VfioUserDevice`]: a PCI function served by a vfio-user device server, behind
 //! [`VfioBackend`].
 //!
-//! Opening negotiates the version and transfer limits, checks that the device is PCI, and
-//! learns every region (with its capability chain and mmap file descriptor) and IRQ index
-//! up front, so the passthrough function can lay out BARs without further round trips.
+//! Opening (`super::open`) negotiates the version and transfer limits, checks that the
+//! device is PCI, and learns every region (with its capability chain and mmap file
+//! descriptor) and IRQ index up front, so the passthrough function can lay out BARs
+//! without further round trips.
 //! At run time each backend call is one or more request/reply exchanges that together
 //! finish within the timeout given at open, or fail.
 
@@ -15,34 +16,20 @@ use std::time::{Duration, Instant};
 use crate::backend::{
     BackendError, BackendKind, DmaRegion, IrqInfo, Isolation, RegionInfo, RegionMmap, VfioBackend,
     IRQ_INTX, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_EVENTFD,
-    IRQ_SET_DATA_NONE, PCI_REGIONS,
+    IRQ_SET_DATA_NONE,
 };
-use crate::caps::{self, RawRegionInfo, REGION_FLAG_CAPS, REGION_FLAG_MMAP, REGION_INFO_SIZE};
-use crate::user::client::{Connection, Reply};
+use crate::user::client::Connection;
 use crate::user::error::UserOpenError;
+use crate::user::open::{learn, UserRegion};
 use crate::user::protocol::{self as p, Command, RegionAccess};
-use crate::user::sys::{self, MAX_RECV_FDS, MAX_SEND_FDS};
+use crate::user::sys;
 
-/// Largest data count irvmm moves in one REGION_READ/WRITE (and announces to servers).
-pub const CLIENT_MAX_DATA_XFER: u32 = 1 << 20;
-/// IRQ indices a PCI device defines (INTx, MSI, MSI-X, ERR, REQ); more are not queried.
-pub const PCI_IRQS: u32 = 5;
 /// Longest per-call timeout (a larger one is clamped so deadlines never overflow).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Why irvmm may map a vfio-user device's MSI-X table page into the guest.
 const ISOLATION_REASON: &str =
     "vfio-user: the device process can only signal the eventfds it was given; it cannot write MSIs";
-
-/// One region as learnt at open.
-#[derive(Debug)]
-struct UserRegion {
-    info: RegionInfo,
-    /// The descriptor to mmap (sent with the region-info reply).
-    fd: Option<OwnedFd>,
-    /// Offset of the region in `fd`.
-    fd_offset: u64,
-}
 
 /// A device behind a vfio-user server. Calls are serialized by the caller (`&mut self`);
 /// none blocks longer than the timeout given at open.
@@ -112,128 +99,25 @@ impl VfioUserDevice {
     }
 
     fn open(mut conn: Connection, name: String, deadline: Instant) -> Result<Self, UserOpenError> {
-        let fail = |step: &str, e: BackendError| UserOpenError::from_backend(&name, step.into(), e);
-
-        // VERSION.
-        let request = p::version_request(MAX_RECV_FDS as u32, CLIENT_MAX_DATA_XFER);
-        let step = Command::Version.name();
-        let reply = conn
-            .call(
-                deadline,
-                Command::Version,
-                &request,
-                &[],
-                Command::Version.reply_payload(0),
-            )
-            .map_err(|e| fail(step, e))?;
-        let malformed = |what: String| UserOpenError::Malformed {
-            path: name.clone(),
-            step: step.into(),
-            what,
-        };
-        let version = p::parse_version(&reply.payload).map_err(|e| malformed(e.to_string()))?;
-        if version.major != p::VERSION_MAJOR {
-            return Err(UserOpenError::Version {
-                path: name.clone(),
-                major: version.major,
-                minor: version.minor,
-            });
-        }
-        let peer = p::parse_capabilities(version.data).map_err(|e| malformed(e.to_string()))?;
-        if peer.max_data_xfer_size == 0 {
-            return Err(malformed("max_data_xfer_size is 0".into()));
-        }
-        let max_data_xfer =
-            u32::try_from(peer.max_data_xfer_size.min(u64::from(CLIENT_MAX_DATA_XFER)))
-                .unwrap_or(CLIENT_MAX_DATA_XFER);
-        let max_msg_fds = u32::try_from(peer.max_msg_fds.min(MAX_SEND_FDS as u64)).unwrap_or(1);
-        log::debug!(
-            "vfio-user {name}: version {}.{}, max_msg_fds {}, max_data_xfer_size {}",
-            version.major,
-            version.minor,
-            peer.max_msg_fds,
-            peer.max_data_xfer_size
-        );
-
-        // DEVICE_GET_INFO.
-        let step = Command::DeviceGetInfo.name();
-        let reply = conn
-            .call(
-                deadline,
-                Command::DeviceGetInfo,
-                &p::device_info_request(),
-                &[],
-                Command::DeviceGetInfo.reply_payload(0),
-            )
-            .map_err(|e| fail(step, e))?;
-        let info = p::parse_device_info(&reply.payload).map_err(|e| UserOpenError::Malformed {
-            path: name.clone(),
-            step: step.into(),
-            what: e.to_string(),
-        })?;
-        if info.flags & p::DEVICE_FLAGS_PCI == 0 {
-            return Err(UserOpenError::NotPci {
-                path: name.clone(),
-                flags: info.flags,
-            });
-        }
-        if info.num_regions > PCI_REGIONS || info.num_irqs > PCI_IRQS {
-            log::debug!(
-                "vfio-user {name}: {} regions and {} IRQ indices; using the first {PCI_REGIONS} and {PCI_IRQS}",
-                info.num_regions,
-                info.num_irqs
-            );
-        }
-
-        let mut regions = Vec::new();
-        for index in 0..info.num_regions.min(PCI_REGIONS) {
-            let step = format!("{} for region {index}", Command::DeviceGetRegionInfo.name());
-            match region_info(&mut conn, deadline, index) {
-                Ok(r) => regions.push(r),
-                Err(BackendError::Refused { errno, .. }) => {
-                    log::warn!("vfio-user {name}: region {index} refused (errno {errno}); treated as absent");
-                    regions.push(UserRegion {
-                        info: RegionInfo {
-                            index,
-                            ..Default::default()
-                        },
-                        fd: None,
-                        fd_offset: 0,
-                    });
-                }
-                Err(e) => return Err(UserOpenError::from_backend(&name, step, e)),
-            }
-        }
-        let mut irqs = Vec::new();
-        for index in 0..info.num_irqs.min(PCI_IRQS) {
-            let step = format!("{} for index {index}", Command::GetIrqInfo.name());
-            match irq_info(&mut conn, deadline, index) {
-                Ok(i) => irqs.push(i),
-                Err(BackendError::Refused { errno, .. }) => {
-                    log::warn!("vfio-user {name}: IRQ index {index} refused (errno {errno}); treated as absent");
-                    irqs.push(IrqInfo {
-                        index,
-                        flags: 0,
-                        count: 0,
-                    });
-                }
-                Err(e) => return Err(UserOpenError::from_backend(&name, step, e)),
-            }
-        }
-        log::info!(
-            "vfio-user {name}: PCI device with {} regions, {} IRQ indices",
-            regions.len(),
-            irqs.len()
-        );
+        let l = learn(&mut conn, &name, deadline)?;
         Ok(VfioUserDevice {
             conn,
             name,
-            device_flags: info.flags,
-            max_data_xfer,
-            max_msg_fds,
-            regions,
-            irqs,
+            device_flags: l.device_flags,
+            max_data_xfer: l.max_data_xfer,
+            max_msg_fds: l.max_msg_fds,
+            regions: l.regions,
+            irqs: l.irqs,
         })
+    }
+
+    /// `Gone` once the connection died, before any argument is looked at.
+    fn alive(&self) -> Result<(), BackendError> {
+        if self.conn.is_alive() {
+            Ok(())
+        } else {
+            Err(BackendError::Gone)
+        }
     }
 
     fn user_region(&self, index: u32) -> Option<&UserRegion> {
@@ -310,123 +194,6 @@ impl VfioUserDevice {
     }
 }
 
-/// Asks for region `index`'s info, twice when its capability chain does not fit the
-/// first answer.
-fn region_info(
-    conn: &mut Connection,
-    deadline: Instant,
-    index: u32,
-) -> Result<UserRegion, BackendError> {
-    let cmd = Command::DeviceGetRegionInfo;
-    let ask =
-        |conn: &mut Connection, argsz: usize| -> Result<(Reply, RawRegionInfo), BackendError> {
-            let reply = conn.call(
-                deadline,
-                cmd,
-                &p::region_info_request(index, argsz as u32),
-                &[],
-                cmd.reply_payload(argsz),
-            )?;
-            let raw = match RawRegionInfo::parse(&reply.payload) {
-                Ok(raw) => raw,
-                Err(e) => return Err(conn.violation(cmd, e.to_string())),
-            };
-            if raw.index != index {
-                return Err(conn.violation(
-                    cmd,
-                    format!(
-                        "info for region {} when asked for region {index}",
-                        raw.index
-                    ),
-                ));
-            }
-            Ok((reply, raw))
-        };
-    let (first, raw) = ask(conn, REGION_INFO_SIZE)?;
-    let needed = raw.argsz as usize;
-    let (mut reply, raw, mut spare_fds) = if needed > REGION_INFO_SIZE {
-        if needed > p::MAX_REGION_INFO_SIZE {
-            return Err(conn.violation(
-                cmd,
-                format!(
-                    "region {index} info needs {needed} bytes, more than the {} irvmm accepts",
-                    p::MAX_REGION_INFO_SIZE
-                ),
-            ));
-        }
-        let (second, raw2) = ask(conn, needed)?;
-        if raw2.argsz as usize > needed {
-            return Err(conn.violation(
-                cmd,
-                format!(
-                    "region {index} info grew from {needed} to {} bytes between two requests",
-                    raw2.argsz
-                ),
-            ));
-        }
-        (second, raw2, first.fds)
-    } else {
-        (first, raw, Vec::new())
-    };
-    let caps = if raw.flags & REGION_FLAG_CAPS != 0 && raw.cap_offset != 0 {
-        match caps::parse_chain(&reply.payload, raw.cap_offset) {
-            Ok(c) => c,
-            Err(e) => return Err(conn.violation(cmd, format!("region {index} capabilities: {e}"))),
-        }
-    } else {
-        caps::RegionCaps::default()
-    };
-    // The descriptor normally comes with the final answer; some servers send it with
-    // the first.
-    let fd = if reply.fds.is_empty() {
-        spare_fds.drain(..).next()
-    } else {
-        reply.fds.drain(..).next()
-    };
-    let mut flags = raw.flags;
-    if fd.is_none() && flags & REGION_FLAG_MMAP != 0 {
-        log::debug!("vfio-user: region {index} is mmap-able but came without a descriptor");
-        flags &= !REGION_FLAG_MMAP;
-    }
-    Ok(UserRegion {
-        info: RegionInfo {
-            index,
-            flags,
-            size: raw.size,
-            caps,
-        },
-        fd,
-        fd_offset: raw.offset,
-    })
-}
-
-/// Asks for IRQ index `index`'s info.
-fn irq_info(conn: &mut Connection, deadline: Instant, index: u32) -> Result<IrqInfo, BackendError> {
-    let cmd = Command::GetIrqInfo;
-    let reply = conn.call(
-        deadline,
-        cmd,
-        &p::irq_info_request(index),
-        &[],
-        cmd.reply_payload(0),
-    )?;
-    let info = match p::parse_irq_info(&reply.payload) {
-        Ok(i) => i,
-        Err(e) => return Err(conn.violation(cmd, e.to_string())),
-    };
-    if info.index != index {
-        return Err(conn.violation(
-            cmd,
-            format!("info for IRQ index {} when asked for {index}", info.index),
-        ));
-    }
-    Ok(IrqInfo {
-        index,
-        flags: info.flags,
-        count: info.count,
-    })
-}
-
 impl VfioBackend for VfioUserDevice {
     fn describe(&self) -> &str {
         &self.name
@@ -457,6 +224,7 @@ impl VfioBackend for VfioUserDevice {
         offset: u64,
         data: &mut [u8],
     ) -> Result<(), BackendError> {
+        self.alive()?;
         let cmd = Command::RegionRead;
         self.check_range(cmd.name(), index, offset, data.len())?;
         let deadline = self.conn.deadline();
@@ -495,6 +263,7 @@ impl VfioBackend for VfioUserDevice {
     }
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.alive()?;
         let cmd = Command::RegionWrite;
         self.check_range(cmd.name(), index, offset, data.len())?;
         let deadline = self.conn.deadline();
@@ -572,6 +341,7 @@ impl VfioBackend for VfioUserDevice {
         start: u32,
         fds: &[Option<RawFd>],
     ) -> Result<(), BackendError> {
+        self.alive()?;
         let op = Command::SetIrqs.name();
         let count = self.irq_count(op, index)?;
         let fits = u32::try_from(fds.len())
@@ -629,6 +399,7 @@ impl VfioBackend for VfioUserDevice {
     }
 
     fn disable_irqs(&mut self, index: u32) -> Result<(), BackendError> {
+        self.alive()?;
         self.irq_count(Command::SetIrqs.name(), index)?;
         let deadline = self.conn.deadline();
         self.set_irqs(
@@ -642,6 +413,7 @@ impl VfioBackend for VfioUserDevice {
     }
 
     fn unmask_intx(&mut self) -> Result<(), BackendError> {
+        self.alive()?;
         let deadline = self.conn.deadline();
         self.set_irqs(
             deadline,
@@ -654,6 +426,7 @@ impl VfioBackend for VfioUserDevice {
     }
 
     fn reset(&mut self) -> Result<(), BackendError> {
+        self.alive()?;
         let cmd = Command::DeviceReset;
         let deadline = self.conn.deadline();
         self.conn
@@ -662,6 +435,7 @@ impl VfioBackend for VfioUserDevice {
     }
 
     fn dma_map(&mut self, region: &DmaRegion) -> Result<(), BackendError> {
+        self.alive()?;
         let cmd = Command::DmaMap;
         let invalid = |what: String| BackendError::Invalid {
             op: cmd.name(),
@@ -692,6 +466,7 @@ impl VfioBackend for VfioUserDevice {
     }
 
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), BackendError> {
+        self.alive()?;
         let cmd = Command::DmaUnmap;
         let deadline = self.conn.deadline();
         self.conn

@@ -11,19 +11,24 @@
 //! format stays compatible with that crate's `Server`, libvfio-user and QEMU.
 //!
 //! * [`protocol`]: message layouts and pure encoders/decoders;
+//! * [`version`]: VERSION negotiation (the capabilities JSON);
 //! * `client`: the socket transport (ids, deadlines, checked replies);
 //! * `sys`: the system calls (connect, `sendmsg`/`recvmsg` with `SCM_RIGHTS`, `poll`);
+//! * `open`: the open sequence (version, device, regions, IRQ indices);
 //! * `device`: [`VfioUserDevice`], the backend;
 //! * `error`: [`UserOpenError`], one user-facing line per open failure.
 
 mod client;
 mod device;
 mod error;
+mod open;
 pub mod protocol;
 mod sys;
+pub mod version;
 
 #[cfg(test)]
 mod tests;
 
-pub use device::{VfioUserDevice, CLIENT_MAX_DATA_XFER, MAX_TIMEOUT, PCI_IRQS};
+pub use device::{VfioUserDevice, MAX_TIMEOUT};
 pub use error::UserOpenError;
+pub use open::{CLIENT_MAX_DATA_XFER, PCI_IRQS};

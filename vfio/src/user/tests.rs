@@ -492,6 +492,19 @@ fn poisoned(bad: impl FnOnce(&mut Fake, Req) + Send + 'static) -> BackendError {
     ));
     assert!(matches!(d.reset(), Err(BackendError::Gone)));
     assert!(matches!(d.unmask_intx(), Err(BackendError::Gone)));
+    // Even calls that would send nothing, or carry bad arguments.
+    assert!(matches!(
+        d.region_read(7, 0, &mut []),
+        Err(BackendError::Gone)
+    ));
+    assert!(matches!(
+        d.set_irq_eventfds(2, 0, &[None]),
+        Err(BackendError::Gone)
+    ));
+    assert!(matches!(
+        d.region_write(99, 0, &[1]),
+        Err(BackendError::Gone)
+    ));
     assert!(start.elapsed() < Duration::from_millis(50));
     t.join().unwrap();
     e
