@@ -16,6 +16,7 @@ use kvm_ioctls::VmFd;
 use virtual_iommu::{SourceId, VtdConfig};
 use vm_memory::GuestMemoryMmap;
 
+use crate::acpi::IntxRoute;
 use crate::bus::Bus;
 use crate::interrupt::{HostPosting, InterruptRouter, IoApicPins, PciVectors, TranslationPolicy};
 use crate::iommu::{Iommu, VtdMmio};
@@ -58,6 +59,7 @@ struct PciSetup<'a> {
     mem: &'a GuestMemoryMmap,
     mapper: &'a Arc<BarMapper<VmFd>>,
     passthrough: &'a mut Passthrough,
+    intx: &'a [IntxRoute],
 }
 
 fn add_pci_devices(
@@ -67,8 +69,8 @@ fn add_pci_devices(
     opened: Vec<Opened>,
 ) -> Result<(), Error> {
     let mut opened = opened.into_iter();
-    for device in devices {
-        let dev = root.free_device().ok_or_else(|| {
+    for (index, device) in devices.iter().enumerate() {
+        let dev = crate::passthrough::device_number(index).ok_or_else(|| {
             Error::usage(
                 "--device",
                 "no free PCI device slot on bus 0 (at most 31 devices)",
@@ -89,7 +91,8 @@ fn add_pci_devices(
                     mapper: setup.mapper,
                     events: &events,
                 };
-                setup.passthrough.attach(&mut ctx, o, address)?;
+                let pin = setup.intx.iter().find(|r| r.device == dev).map(|r| r.gsi);
+                setup.passthrough.attach(&mut ctx, o, address, pin)?;
                 continue;
             }
         };
@@ -144,6 +147,7 @@ pub fn build(
     output: Box<dyn Write + Send>,
     handler: Arc<dyn VmExitHandler>,
     opened: Vec<Opened>,
+    intx: &[IntxRoute],
     first_slot: u32,
 ) -> Result<Platform, Error> {
     let policy = TranslationPolicy {
@@ -207,6 +211,7 @@ pub fn build(
             mem,
             mapper: &mapper,
             passthrough: &mut passthrough,
+            intx,
         },
         &config.devices,
         opened,

@@ -509,7 +509,18 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     )
     .map_err(cpuid_usage)?;
 
-    // Guest RAM, ACPI and the kernel, all before the KVM VM exists.
+    // Passed-through devices, then guest RAM, ACPI and the kernel, all before the KVM VM
+    // exists.
+    let passthrough: Vec<_> = config
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Passthrough(p) => Some(p),
+            DeviceConfig::Emulated(_) => None,
+        })
+        .collect();
+    let opened = crate::passthrough::open_all(&passthrough)?;
+    let intx = crate::passthrough::intx_plan(&config.devices, &opened);
     let mem = memory::create_guest_memory(config.memory)?;
     let apic_ids = config.topology.apic_ids();
     let tables = acpi::build(
@@ -532,6 +543,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
                 },
                 mmio32_base: PCI_MMIO_START as u32,
                 mmio32_size: (PCI_MMIO_END - PCI_MMIO_START) as u32,
+                intx_routes: intx.clone(),
             }),
             dmar: (config.iommu == IommuKind::Intel).then_some(DmarConfig {
                 register_base: VTD_ADDR,
@@ -568,15 +580,6 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
     .map_err(|e| boot_usage(e, config))?;
     let msrs = boot_msrs(&kvm)?;
     let output = serial_output(&config.serial)?;
-    let passthrough: Vec<_> = config
-        .devices
-        .iter()
-        .filter_map(|d| match d {
-            DeviceConfig::Passthrough(p) => Some(p),
-            DeviceConfig::Emulated(_) => None,
-        })
-        .collect();
-    let opened = crate::passthrough::open_all(&passthrough)?;
 
     // The KVM VM.
     let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
@@ -627,6 +630,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
         output,
         handler,
         opened,
+        &intx,
         mem.num_regions() as u32,
     )?;
     let serial = platform.serial.clone();

@@ -326,6 +326,11 @@ impl VfioPciFunction {
         }
     }
 
+    /// The device's INTx pin (1 = INTA), when it has INTx.
+    pub fn layout_intx_pin(&self) -> Option<u8> {
+        self.layout.intx.then_some(self.layout.header.interrupt_pin)
+    }
+
     /// The device's own table, for `msix=direct`.
     pub fn direct_table(&self) -> Option<DirectTable> {
         self.direct.clone()

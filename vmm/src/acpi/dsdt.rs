@@ -10,7 +10,8 @@
 //!   `IRQNoFlags`) when the configuration has a serial port.
 //! - Under `\_SB`, when the platform has PCI: `PCI0` (`PNP0A08`, compatible `PNP0A03`),
 //!   whose `_CRS` produces the bus range, the config ports, the I/O space around them and the
-//!   32-bit MMIO window; and `MRES` (`PNP0C02`), which reserves the ECAM window so an OS
+//!   32-bit MMIO window, and whose `_PRT` routes passed-through devices' INTx pins to
+//!   IOAPIC inputs 16..23; and `MRES` (`PNP0C02`), which reserves the ECAM window so an OS
 //!   trusts the MCFG.
 
 use super::aml::{Aml, AmlString, Device, EisaId, Name, Package, ResourceTemplate, Scope};
@@ -96,6 +97,27 @@ const PCI_CONFIG_PORT_LEN: u8 = 8;
 const PCI_IO_LOW_END: u16 = 0x0cf7;
 const PCI_IO_HIGH_START: u16 = 0x0d00;
 
+/// `_PRT` address field: device number in bits 31:16, any function (0xffff).
+const PRT_ANY_FUNCTION: u32 = 0xffff;
+
+/// `Package(){ Package(){ device << 16 | 0xffff, pin, 0, gsi }, ... }`: a source of 0
+/// names a GSI directly (no link device).
+fn prt(pci: &PciHostConfig) -> Package {
+    Package::new(
+        pci.intx_routes
+            .iter()
+            .map(|r| {
+                Box::new(Package::new(vec![
+                    Box::new((u32::from(r.device) << 16) | PRT_ANY_FUNCTION),
+                    Box::new(r.pin),
+                    Box::new(0u8),
+                    Box::new(r.gsi),
+                ])) as Box<dyn Aml>
+            })
+            .collect(),
+    )
+}
+
 fn pci_devices(pci: &PciHostConfig) -> Result<Vec<Box<dyn Aml>>, AcpiError> {
     let mmio_end = pci
         .mmio32_base
@@ -118,6 +140,7 @@ fn pci_devices(pci: &PciHostConfig) -> Result<Vec<Box<dyn Aml>>, AcpiError> {
             Box::new(Name::new("_BBN", pci.ecam.start_bus)?),
             Box::new(Name::new("_UID", 0u8)?),
             Box::new(Name::new("_CRS", crs)?),
+            Box::new(Name::new("_PRT", prt(pci))?),
         ],
     )?;
     let buses = u32::from(pci.ecam.end_bus) - u32::from(pci.ecam.start_bus) + 1;

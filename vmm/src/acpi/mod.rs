@@ -87,7 +87,7 @@ pub enum AcpiError {
 }
 
 /// A PCI host bridge: its ECAM window and the 32-bit MMIO window it forwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PciHostConfig {
     /// ECAM window and bus range.
     pub ecam: mcfg::EcamConfig,
@@ -95,6 +95,19 @@ pub struct PciHostConfig {
     pub mmio32_base: u32,
     /// Size of that window.
     pub mmio32_size: u32,
+    /// Legacy interrupt routing of bus 0 (`_PRT`): which GSI each device's INTx pin drives.
+    pub intx_routes: Vec<IntxRoute>,
+}
+
+/// One `_PRT` entry: device `device`'s INTx pin `pin` (0 = INTA) drives `gsi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntxRoute {
+    /// Device number on bus 0.
+    pub device: u8,
+    /// Interrupt pin, 0 = INTA# .. 3 = INTD#.
+    pub pin: u8,
+    /// The IOAPIC input (GSI).
+    pub gsi: u32,
 }
 
 /// What the ACPI tables describe.

@@ -91,6 +91,7 @@ fn pci_host() -> PciHostConfig {
         },
         mmio32_base: 0xc000_0000,
         mmio32_size: 0x3e00_0000,
+        intx_routes: Vec::new(),
     }
 }
 

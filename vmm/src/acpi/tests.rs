@@ -360,6 +360,18 @@ fn iasl_disassembles_dmar_mcfg_and_pci_host() {
         },
         mmio32_base: 0xc000_0000,
         mmio32_size: 0x3e00_0000,
+        intx_routes: vec![
+            super::IntxRoute {
+                device: 3,
+                pin: 0,
+                gsi: 16,
+            },
+            super::IntxRoute {
+                device: 5,
+                pin: 1,
+                gsi: 17,
+            },
+        ],
     });
     c.dmar = Some(super::dmar::DmarConfig {
         register_base: 0xfed9_0000,
@@ -392,8 +404,13 @@ fn iasl_disassembles_dmar_mcfg_and_pci_host() {
         "DWordMemory",
         "0xFDFFFFFF",
         "Memory32Fixed",
+        "_PRT",
     ] {
         assert!(dsdt.contains(needle), "{needle} missing:\n{dsdt}");
+    }
+    let prt: String = dsdt.split_whitespace().collect();
+    for entry in ["0x0003FFFF,Zero,Zero,0x10", "0x0005FFFF,One,Zero,0x11"] {
+        assert!(prt.contains(entry), "_PRT entry {entry:?} missing:\n{dsdt}");
     }
     iasl_recompile(&dir.0, "dsdt");
     let mcfg = squash(&iasl_disassemble(&dir.0, "mcfg", table(&t, b"MCFG")));

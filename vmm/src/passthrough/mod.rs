@@ -21,6 +21,7 @@ use vfio::{DmaRegion, Interrupts, KernelVfio, VectorSet, VfioBackend, VfioPciFun
 use virtual_iommu::MsiMessage;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::acpi::IntxRoute;
 use crate::interrupt::{InterruptRouter, IrqfdVectors, VectorOwner};
 use crate::vm::Error;
 use events::PassthroughEvents;
@@ -91,6 +92,45 @@ pub fn open_all(configs: &[&PassthroughConfig]) -> Result<Vec<Opened>, Error> {
         out.push(Opened { name, function });
     }
     Ok(out)
+}
+
+/// The PCI device number of the `index`-th `--device` (the host bridge is device 0).
+pub fn device_number(index: usize) -> Option<u8> {
+    u8::try_from(index + 1)
+        .ok()
+        .filter(|d| *d < devices::pci::PCI_DEVICES_PER_BUS)
+}
+
+/// The IOAPIC inputs passed-through devices' INTx pins get, in `--device` order: one of
+/// 16..23 each, while they last. Both the `_PRT` and the wiring follow it.
+pub fn intx_plan(devices: &[crate::vm::DeviceConfig], opened: &[Opened]) -> Vec<IntxRoute> {
+    let mut opened = opened.iter();
+    let mut pins = INTX_PINS;
+    let mut plan = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        if !matches!(d, crate::vm::DeviceConfig::Passthrough(_)) {
+            continue;
+        }
+        let Some(o) = opened.next() else { break };
+        let Some(device) = device_number(i) else {
+            break;
+        };
+        let pin = o.function.layout_intx_pin();
+        if let Some(pin) = pin {
+            match pins.next() {
+                Some(gsi) => plan.push(IntxRoute {
+                    device,
+                    pin: pin - 1,
+                    gsi,
+                }),
+                None => log::warn!(
+                    "{}: no IOAPIC input left for its INTx; it gets none",
+                    o.name
+                ),
+            }
+        }
+    }
+    plan
 }
 
 /// What the router's watcher calls back into: the function's masked-fire path and, for
@@ -179,6 +219,7 @@ impl Passthrough {
         ctx: &mut AttachContext<'_>,
         opened: Opened,
         address: PciAddress,
+        intx_pin: Option<u32>,
     ) -> Result<(), Error> {
         let Opened { name, mut function } = opened;
         function
@@ -223,21 +264,7 @@ impl Passthrough {
         };
         let msix = vectors(VectorKind::Msix, needs.msix, direct)?;
         let msi = vectors(VectorKind::Msi, needs.msi, None)?;
-        let intx_pin = if needs.intx {
-            let used = INTX_PINS
-                .clone()
-                .filter(|p| self.events.is_intx_pin(*p))
-                .count() as u32;
-            let pin = INTX_PINS.start + used;
-            if INTX_PINS.contains(&pin) {
-                Some(pin)
-            } else {
-                log::warn!("{name}: no IOAPIC pin left for its INTx; it gets none");
-                None
-            }
-        } else {
-            None
-        };
+        let intx_pin = intx_pin.filter(|_| needs.intx);
         let intx = match intx_pin {
             Some(pin) => {
                 let fd = Arc::new(
