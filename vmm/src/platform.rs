@@ -53,6 +53,16 @@ fn pci_error(e: devices::pci::PciError) -> Error {
     Error::Platform(format!("PCI: {e}"))
 }
 
+/// Passed-through devices, opened before the VM, and where they go.
+pub struct PassthroughPlan {
+    /// The opened devices, in `--device` order.
+    pub opened: Vec<Opened>,
+    /// Their INTx routing (as the `_PRT` says).
+    pub intx: Vec<IntxRoute>,
+    /// The first KVM memory slot free for BAR mappings.
+    pub first_slot: u32,
+}
+
 /// What placing PCI devices needs.
 struct PciSetup<'a> {
     router: &'a Arc<InterruptRouter<VmFd>>,
@@ -146,10 +156,13 @@ pub fn build(
     config: &VmConfig,
     output: Box<dyn Write + Send>,
     handler: Arc<dyn VmExitHandler>,
-    opened: Vec<Opened>,
-    intx: &[IntxRoute],
-    first_slot: u32,
+    passthrough_plan: PassthroughPlan,
 ) -> Result<Platform, Error> {
+    let PassthroughPlan {
+        opened,
+        intx,
+        first_slot,
+    } = passthrough_plan;
     let policy = TranslationPolicy {
         ext_dest_id: config.ext_dest_id,
     };
@@ -211,7 +224,7 @@ pub fn build(
             mem,
             mapper: &mapper,
             passthrough: &mut passthrough,
-            intx,
+            intx: &intx,
         },
         &config.devices,
         opened,

@@ -629,9 +629,11 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
         config,
         output,
         handler,
-        opened,
-        &intx,
-        mem.num_regions() as u32,
+        platform::PassthroughPlan {
+            opened,
+            intx,
+            first_slot: mem.num_regions() as u32,
+        },
     )?;
     let serial = platform.serial.clone();
 
