@@ -74,7 +74,8 @@ pub struct Args {
     /// device, MSI), edu-msix (its MSI-X variant with 256 vectors), a host device through
     /// kernel VFIO (vfio,path=SYSFS_PATH) or a vfio-user server's device
     /// (vfio-user,socket=PATH); passthrough takes msix=auto|relocate|trap|direct (where the
-    /// guest's MSI-X table lives; auto relocates it when the host isolates MSIs).
+    /// guest's MSI-X table lives; auto relocates it when the host isolates MSIs) and
+    /// irqfd=on|off (off: the VMM delivers every interrupt; for comparisons).
     #[arg(
         long = "device",
         value_name = "edu|edu-msix|vfio,path=P[,msix=M]|vfio-user,socket=S[,msix=M]",
@@ -203,19 +204,25 @@ pub fn parse_device(s: &str) -> Result<DeviceConfig, String> {
             "a sysfs path such as /sys/bus/pci/devices/0000:01:00.0",
         ),
         "vfio-user" => ("socket", "the server's socket path"),
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "'{kind}' is not a known device (edu, edu-msix, vfio,path=..., vfio-user,socket=...)"
-        )),
+        ))
+        }
     };
     let mut location = None;
     let mut msix = MsixPolicy::Auto;
+    let mut irqfd = true;
     for p in parts {
         match p.split_once('=') {
             Some((k, v)) if k == key && !v.is_empty() => location = Some(v.to_string()),
             Some(("msix", v)) => msix = parse_msix(v)?,
+            Some(("irqfd", v)) => {
+                irqfd = parse_on_off(v).map_err(|e| format!("{kind}: irqfd: {e}"))?
+            }
             _ => {
                 return Err(format!(
-                    "{kind}: unknown option '{p}' (use {key}=..., msix=...)"
+                    "{kind}: unknown option '{p}' (use {key}=..., msix=..., irqfd=on|off)"
                 ))
             }
         }
@@ -229,6 +236,7 @@ pub fn parse_device(s: &str) -> Result<DeviceConfig, String> {
     Ok(DeviceConfig::Passthrough(PassthroughConfig {
         source,
         msix,
+        irqfd,
     }))
 }
 
@@ -294,20 +302,29 @@ mod tests {
             parse_device("vfio-user,socket=/tmp/s,msix=trap"),
             Ok(DeviceConfig::Passthrough(PassthroughConfig {
                 source: PassthroughSource::User("/tmp/s".into()),
-                msix: MsixPolicy::Trap
+                msix: MsixPolicy::Trap,
+                irqfd: true
             }))
         );
         assert_eq!(
             parse_device("vfio,path=/sys/bus/pci/devices/0000:01:00.0"),
             Ok(DeviceConfig::Passthrough(PassthroughConfig {
                 source: PassthroughSource::Kernel("/sys/bus/pci/devices/0000:01:00.0".into()),
-                msix: MsixPolicy::Auto
+                msix: MsixPolicy::Auto,
+                irqfd: true
             }))
         );
         assert!(parse_device("vfio").unwrap_err().contains("needs path="));
         assert!(parse_device("vfio-user,socket=/s,msix=sometimes").is_err());
         assert!(parse_device("vfio-user,path=/s").is_err());
         assert!(parse_device("nic").is_err());
+        assert!(matches!(
+            parse_device("vfio-user,socket=/s,irqfd=off"),
+            Ok(DeviceConfig::Passthrough(PassthroughConfig {
+                irqfd: false,
+                ..
+            }))
+        ));
     }
 
     #[test]

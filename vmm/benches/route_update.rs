@@ -25,7 +25,9 @@ use virtual_iommu::vtd::irte::build;
 use virtual_iommu::vtd::regs::{GCMD_IRE, GCMD_REG, GCMD_SIRTP, GSTS_REG, IRTA_EIME, IRTA_REG};
 use virtual_iommu::{Effects, IecInvalidation, MsiMessage, SourceId, VtdConfig};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::interrupt::{HostPosting, InterruptRouter, IrqHandle, TranslationPolicy, VectorOwner};
+use vmm::interrupt::{
+    HostPosting, InterruptRouter, IrqHandle, IrqfdMode, TranslationPolicy, VectorOwner,
+};
 use vmm::iommu::{Iommu, VtdMmio};
 
 use devices::BusDevice;
@@ -107,7 +109,13 @@ fn run(n: u32, global: bool, kind: Kind) -> Result {
     let handles = match kind {
         Kind::Irqfd => {
             router
-                .add_irqfd_vectors("bench", SID, n as u16, Arc::downgrade(&owner), false)
+                .add_irqfd_vectors(
+                    "bench",
+                    SID,
+                    n as u16,
+                    Arc::downgrade(&owner),
+                    IrqfdMode::default(),
+                )
                 .expect("irqfd vectors")
                 .0
         }

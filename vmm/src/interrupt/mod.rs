@@ -46,7 +46,7 @@ pub(crate) mod watcher;
 pub use adapters::{IoApicPins, IrqfdVectors, PciVectors};
 pub use kvm::{InterruptBackend, IrqLine, IrqfdBackend, MsiSignal, RoutingBackend};
 pub use policy::{translate, TranslationPolicy};
-pub use registry::{IrqHandle, VectorOwner, MAX_GSI};
+pub use registry::{IrqHandle, IrqfdMode, VectorOwner, MAX_GSI};
 pub use report::{GroupCounts, HostPosting};
 pub use router::{GroupStats, InterruptRouter, IrqfdInfo, RouterError, RouterStats};
 

@@ -40,6 +40,17 @@ pub trait VectorOwner: Send + Sync {
     }
 }
 
+/// How a group of irqfd vectors is delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IrqfdMode {
+    /// The messages live in the device's own table (`msix=direct`) and are read through
+    /// the owner.
+    pub direct: bool,
+    /// Never bind the eventfds to KVM: the VMM delivers every interrupt itself (what a
+    /// VMM without irqfds does; for comparisons, `irqfd=off`).
+    pub vmm_only: bool,
+}
+
 /// An irqfd vector.
 pub(crate) struct IrqfdVector {
     pub(crate) gsi: u32,
@@ -50,6 +61,8 @@ pub(crate) struct IrqfdVector {
     pub(crate) masked: bool,
     /// The message is read from the device's own table (`msix=direct`).
     pub(crate) direct: bool,
+    /// The VMM delivers it, never KVM.
+    pub(crate) vmm_only: bool,
     /// A direct vector's message has been read at least once.
     pub(crate) learnt: bool,
     /// `KVM_IRQFD` binds `fd` to `gsi` now.
@@ -64,7 +77,7 @@ impl IrqfdVector {
     /// (not learnt yet, or compatibility format, which no invalidation announces).
     pub(crate) fn wants_kvm(&self, raw: Option<MsiMessage>, xlat: &Xlat) -> bool {
         let direct_ok = !self.direct || (self.learnt && raw.is_some_and(|m| m.is_remappable()));
-        xlat.route.is_some() && !self.masked && direct_ok
+        xlat.route.is_some() && !self.masked && direct_ok && !self.vmm_only
     }
 }
 
@@ -181,7 +194,7 @@ impl Registry {
         sid: SourceId,
         fds: Vec<Arc<EventFd>>,
         owner: Weak<dyn VectorOwner>,
-        direct: bool,
+        mode: IrqfdMode,
     ) -> Result<Range<u32>, RegistryError> {
         let count = u32::try_from(fds.len()).map_err(|_| RegistryError::TooManySources)?;
         let gsi_start = self.next_gsi;
@@ -202,7 +215,8 @@ impl Registry {
                     group,
                     index: i as u16,
                     masked: false,
-                    direct,
+                    direct: mode.direct,
+                    vmm_only: mode.vmm_only,
                     learnt: false,
                     attached: false,
                     watched: false,

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::kvm::InterruptBackend;
 use super::policy::{translate_source, TranslationPolicy};
-use super::registry::{Delivery, IrqHandle, Registry, RegistryError, VectorOwner};
+use super::registry::{Delivery, IrqHandle, IrqfdMode, Registry, RegistryError, VectorOwner};
 use super::report::{self, GroupCounts, HostPosting};
 use super::routes::{RouteError, RouteStats, RouteTable};
 use super::watcher::Watcher;
@@ -145,15 +145,16 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
 
     /// Adds `count` vectors signalled by a device through eventfds (passthrough, virtio):
     /// each gets a GSI and a non-blocking eventfd, returned in vector order for the device.
-    /// Until a vector has a deliverable route the VMM watches its eventfd. `direct`: the
-    /// messages live in the device's own table and are read through `owner`.
+    /// Until a vector has a deliverable route the VMM watches its eventfd. `mode` says
+    /// whether the messages live in the device's own table (read through `owner`) and
+    /// whether KVM may deliver them at all.
     pub fn add_irqfd_vectors(
         &self,
         name: &str,
         sid: SourceId,
         count: u16,
         owner: Weak<dyn VectorOwner>,
-        direct: bool,
+        mode: IrqfdMode,
     ) -> Result<(Range<u32>, Vec<Arc<EventFd>>), RouterError> {
         let fds = (0..count)
             .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
@@ -162,7 +163,7 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
         let mut st = self.lock();
         let handles = st
             .reg
-            .add_irqfd_group(name.to_string(), sid, fds.clone(), owner, direct)?;
+            .add_irqfd_group(name.to_string(), sid, fds.clone(), owner, mode)?;
         for (h, fd) in handles.clone().zip(&fds) {
             watcher.watch(fd, h)?;
             if let Some(Delivery::Irqfd(v)) = st.reg.get_mut(IrqHandle(h)).map(|s| &mut s.delivery)

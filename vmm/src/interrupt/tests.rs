@@ -365,10 +365,10 @@ fn without_iommu_the_policy_applies_and_gsis_run_out_cleanly() {
     assert_eq!(router.route(h).unwrap().destination(), 0x220);
     let none: Weak<dyn VectorOwner> = Weak::<NullOwner>::new();
     assert!(router
-        .add_irqfd_vectors("big", SID, 2048, none.clone(), false)
+        .add_irqfd_vectors("big", SID, 2048, none.clone(), IrqfdMode::default())
         .is_ok());
     assert!(matches!(
-        router.add_irqfd_vectors("bigger", SID, 2048, none, false),
+        router.add_irqfd_vectors("bigger", SID, 2048, none, IrqfdMode::default()),
         Err(RouterError::Registry(_))
     ));
 }
@@ -406,7 +406,16 @@ impl Device {
         let weak: Weak<dyn VectorOwner> = Arc::downgrade(&(owner.clone() as Arc<dyn VectorOwner>));
         let (handles, fds) = rig
             .router
-            .add_irqfd_vectors("vfio test", SID, n, weak, direct)
+            .add_irqfd_vectors(
+                "vfio test",
+                SID,
+                n,
+                weak,
+                IrqfdMode {
+                    direct,
+                    vmm_only: false,
+                },
+            )
             .unwrap();
         Device {
             owner,

@@ -22,7 +22,7 @@ use virtual_iommu::MsiMessage;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::acpi::IntxRoute;
-use crate::interrupt::{InterruptRouter, IrqfdVectors, VectorOwner};
+use crate::interrupt::{InterruptRouter, IrqfdMode, IrqfdVectors, VectorOwner};
 use crate::vm::Error;
 use events::PassthroughEvents;
 use slots::{BarMapper, SlotArea};
@@ -49,6 +49,9 @@ pub struct PassthroughConfig {
     pub source: PassthroughSource,
     /// Where its MSI-X table goes.
     pub msix: MsixPolicy,
+    /// Bind its vectors to KVM (irqfd); off: the VMM delivers every interrupt (slower; for
+    /// comparisons).
+    pub irqfd: bool,
 }
 
 impl fmt::Display for PassthroughConfig {
@@ -67,6 +70,7 @@ impl fmt::Display for PassthroughConfig {
 pub struct Opened {
     name: String,
     function: VfioPciFunction,
+    irqfd: bool,
 }
 
 /// Opens every passed-through device; any failure is the user's to fix (`--device`).
@@ -89,7 +93,11 @@ pub fn open_all(configs: &[&PassthroughConfig]) -> Result<Vec<Opened>, Error> {
         };
         let function = VfioPciFunction::open(backend, name.clone(), cfg.msix)
             .map_err(|e| usage(e.to_string()))?;
-        out.push(Opened { name, function });
+        out.push(Opened {
+            name,
+            function,
+            irqfd: cfg.irqfd,
+        });
     }
     Ok(out)
 }
@@ -221,7 +229,11 @@ impl Passthrough {
         address: PciAddress,
         intx_pin: Option<u32>,
     ) -> Result<(), Error> {
-        let Opened { name, mut function } = opened;
+        let Opened {
+            name,
+            mut function,
+            irqfd,
+        } = opened;
         function
             .dma_map(&dma_regions(ctx.mem))
             .map_err(|e| platform(format!("{name}: DMA-mapping guest RAM: {e}")))?;
@@ -254,7 +266,16 @@ impl Passthrough {
             };
             let (handles, fds) = ctx
                 .router
-                .add_irqfd_vectors(&label, sid, count, Arc::downgrade(&owner), direct.is_some())
+                .add_irqfd_vectors(
+                    &label,
+                    sid,
+                    count,
+                    Arc::downgrade(&owner),
+                    IrqfdMode {
+                        direct: direct.is_some(),
+                        vmm_only: !irqfd,
+                    },
+                )
                 .map_err(|e| Error::usage("--device", format!("{name}: {e}")))?;
             owners.push(owner);
             Ok(Some(VectorSet {
