@@ -54,7 +54,8 @@ pub const EXT_FEATURE_REG: u64 = 0x0030;
 /// Guest virtual APIC log base address register (64-bit): base 51:12, GALogLen 59:56.
 pub const GA_LOG_BASE_REG: u64 = 0x00e0;
 /// Guest virtual APIC log tail address register (64-bit): 51:3, where the unit mirrors
-/// the GA log tail pointer after each entry it writes.
+/// the GA log tail pointer (8 bytes) after each entry it writes, once software programmed
+/// it (Linux points it at an 8-byte buffer of its own); 0 means no mirror.
 pub const GA_LOG_TAIL_ADDR_REG: u64 = 0x00e8;
 /// XT event interrupt control register (64-bit): event log and completion-wait
 /// interrupts while `IntCapXTEn` is set.

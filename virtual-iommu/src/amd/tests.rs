@@ -811,6 +811,7 @@ fn guest_mode_sleeping_vcpu_gets_ga_log_entry_with_the_exact_tag() {
     assert_eq!(entry >> 60, 1, "GUEST_NR");
     assert_eq!(r32(&u, GA_TAIL_REG), 8);
     assert_eq!(m.get_u64(GA_TAIL_MIRROR), 8, "tail mirrored");
+    assert_eq!(m.get_u64(0), 0);
     assert_ne!(r32(&u, STATUS_REG) & STATUS_GA_INT, 0);
     let ga_irq = MsiMessage::compat(
         EVT_DEST,
@@ -924,6 +925,20 @@ fn ga_log_overflow_and_restart() {
     assert_eq!(e.interrupts.len(), 1);
     assert_eq!(r32(&u, GA_TAIL_REG), 0, "wrapped");
     assert_eq!(m.get_u64(GA_BASE + 511 * 8) as u32, 9);
+}
+
+#[test]
+fn ga_tail_mirror_only_when_programmed() {
+    let (mut u, m) = unit(X2APIC);
+    feature(&mut u, &m, CTRL_GALOG_EN, false);
+    w64(&mut u, &m, GA_LOG_TAIL_ADDR_REG, 0);
+    feature(&mut u, &m, CTRL_GALOG_EN, true);
+    remap_device(&m, DEV);
+    m.put_irte(DEV, 4, irte::guest_mode(0x61, BACKING, 9, 1, false, true));
+    m.put(0, &u64::MAX.to_le_bytes());
+    u.deliver(&m, SourceId(DEV), msi(4));
+    assert_eq!(r32(&u, GA_TAIL_REG), 8);
+    assert_eq!(m.get_u64(0), u64::MAX, "address 0 untouched");
 }
 
 #[test]

@@ -339,10 +339,13 @@ impl AmdViUnit {
             Append::Written => {
                 self.counters.ga_log_entries += 1;
                 self.status |= STATUS_GA_INT;
-                // Mirror the tail pointer where software asked for it.
-                let tail = self.ga_log.tail().to_le_bytes();
-                if let Err(e) = mem.write(self.ga_tail_addr, &tail) {
-                    log::debug!("amd-vi: GA log tail mirror write failed: {e}");
+                // Mirror the tail pointer where software asked for it; a register never
+                // programmed (0) asks for nothing, rather than for a write to address 0.
+                if self.ga_tail_addr != 0 {
+                    let tail = self.ga_log.tail().to_le_bytes();
+                    if let Err(e) = mem.write(self.ga_tail_addr, &tail) {
+                        log::debug!("amd-vi: GA log tail mirror write failed: {e}");
+                    }
                 }
             }
             Append::Overflow => {
