@@ -14,6 +14,8 @@
 //! * [`ioapic_mmio`]: the userspace IOAPIC's register window and pin logic.
 //! * [`pci_config`]: PCI configuration mechanism #1, ECAM, MSI, MSI-X and BAR windows.
 //! * [`kernel_load`]: kernel image detection and loading (PVH ELF and bzImage).
+//! * [`amd_mmio`]: the AMD-Vi register window, command buffer, event and GA logs, and
+//!   interrupt remapping and guest-mode posting against fuzzer-controlled guest memory.
 //!
 //! # Inputs and seeds
 //!
@@ -23,6 +25,7 @@
 //! (a guest enabling interrupt remapping, a well-formed PVH kernel, ...) into
 //! `fuzz/corpus/<target>/`.
 
+pub mod amd_mmio;
 pub mod encode;
 pub mod fake_mem;
 pub mod ioapic_mmio;
