@@ -15,6 +15,7 @@ pub mod aml;
 pub mod dmar;
 pub mod dsdt;
 pub mod fadt;
+pub mod ivrs;
 pub mod madt;
 pub mod mcfg;
 pub mod resources;
