@@ -941,4 +941,8 @@ fn main() {
     ioapic_seeds(&corpus.join("ioapic_mmio"));
     pci_seeds(&corpus.join("pci_config"));
     kernel_seeds(&corpus.join("kernel_load"));
+    for (name, bytes) in irvmm_fuzz::vfio_user_client::seeds() {
+        irvmm_fuzz::vfio_user_client::run(&bytes);
+        write_seed(&corpus.join("vfio_user_client"), name, &bytes);
+    }
 }

@@ -16,6 +16,8 @@
 //! * [`kernel_load`]: kernel image detection and loading (PVH ELF and bzImage).
 //! * [`amd_mmio`]: the AMD-Vi register window, command buffer, event and GA logs, and
 //!   interrupt remapping and guest-mode posting against fuzzer-controlled guest memory.
+//! * [`vfio_user_client`]: the vfio-user client against a scripted device server whose
+//!   answers the fuzzer chooses.
 //!
 //! # Inputs and seeds
 //!
@@ -32,6 +34,7 @@ pub mod ioapic_mmio;
 pub mod kernel_load;
 pub mod pci_config;
 pub mod remap_decode;
+pub mod vfio_user_client;
 pub mod vtd_mmio;
 
 pub use encode::Encode;
@@ -108,12 +111,13 @@ mod tests {
     fn committed_seeds_pass() {
         let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
         type Harness = fn(&[u8]);
-        let targets: [(&str, Harness); 5] = [
+        let targets: [(&str, Harness); 6] = [
             ("vtd_mmio", crate::vtd_mmio::run),
             ("remap_decode", crate::remap_decode::run),
             ("ioapic_mmio", crate::ioapic_mmio::run),
             ("pci_config", crate::pci_config::run),
             ("kernel_load", crate::kernel_load::run),
+            ("vfio_user_client", crate::vfio_user_client::run),
         ];
         for (target, run) in targets {
             let mut seeds = 0;
