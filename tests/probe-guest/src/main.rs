@@ -40,6 +40,9 @@ mod report;
 mod scenarios;
 mod serial;
 mod tally;
+// The whole register map of the test device's contract, not only what the scenarios use.
+#[allow(dead_code)]
+mod testdev;
 mod vtd;
 #[allow(dead_code)]
 mod x86;

@@ -34,6 +34,8 @@ const MSI_CONTROL_PVM: u16 = 1 << 8;
 const MSIX_CONTROL: u16 = 0x02;
 /// MSI-X: table offset / BIR register offset.
 const MSIX_TABLE: u16 = 0x04;
+/// MSI-X: PBA offset / BIR register offset.
+const MSIX_PBA: u16 = 0x08;
 /// MSI-X control bits 10:0: table size - 1.
 const MSIX_CONTROL_SIZE_MASK: u16 = 0x7ff;
 /// MSI-X control bit 14: function mask (all vectors masked).
@@ -54,6 +56,10 @@ const MSIX_ENTRY_DATA: u64 = 0x8;
 const MSIX_ENTRY_CONTROL: u64 = 0xc;
 /// Vector control bit 0: the vector is masked.
 const MSIX_VECTOR_MASKED: u32 = 1 << 0;
+/// Pending bits per PBA qword.
+const PBA_BITS_PER_QWORD: u16 = 64;
+/// Bytes per PBA qword.
+const PBA_QWORD_SIZE: u64 = 8;
 
 /// A function's MSI capability.
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +122,25 @@ pub struct MsiX {
     vectors: u16,
 }
 
+/// Where a function's MSI-X table or PBA lives: a BAR and an offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixLocation {
+    /// The BAR indicator (BIR).
+    pub bir: u8,
+    /// Offset in that BAR.
+    pub offset: u32,
+}
+
+impl MsixLocation {
+    fn from_register(value: u32) -> MsixLocation {
+        MsixLocation {
+            // The BIR is three bits, so the conversion cannot fail.
+            bir: u8::try_from(value & MSIX_BIR_MASK).unwrap_or(u8::MAX),
+            offset: value & !MSIX_BIR_MASK,
+        }
+    }
+}
+
 impl MsiX {
     /// The MSI-X capability of `function` and its table (located through the BAR it names);
     /// fails when there is none or the table is not reachable.
@@ -124,14 +149,11 @@ impl MsiX {
             .find_capability(pci::CAP_ID_MSIX)?
             .ok_or_else(|| text!("{} has no MSI-X capability", function))?;
         let vectors = (function.read16(cap + MSIX_CONTROL) & MSIX_CONTROL_SIZE_MASK) + 1;
-        let table_reg = function.read32(cap + MSIX_TABLE);
-        // The BIR is three bits, so the conversion cannot fail.
-        let bir = u8::try_from(table_reg & MSIX_BIR_MASK).unwrap_or(u8::MAX);
-        let offset = u64::from(table_reg & !MSIX_BIR_MASK);
-        let bar = function.memory_bar(bir)?;
+        let at = MsixLocation::from_register(function.read32(cap + MSIX_TABLE));
+        let bar = function.memory_bar(at.bir)?;
         let table = Mmio::new(
             "MSI-X table",
-            bar + offset,
+            bar + u64::from(at.offset),
             u64::from(vectors) * MSIX_ENTRY_SIZE,
         )?;
         Ok(MsiX {
@@ -145,6 +167,66 @@ impl MsiX {
     /// Number of table entries.
     pub fn vectors(&self) -> u16 {
         self.vectors
+    }
+
+    /// Where the capability says the table is.
+    pub fn table_location(&self) -> MsixLocation {
+        MsixLocation::from_register(self.function.read32(self.cap + MSIX_TABLE))
+    }
+
+    /// Where the capability says the pending bit array is.
+    pub fn pba_location(&self) -> MsixLocation {
+        MsixLocation::from_register(self.function.read32(self.cap + MSIX_PBA))
+    }
+
+    /// Sets the function mask: no vector sends; fires set pending bits instead.
+    pub fn mask_function(&self) {
+        let control = self.function.read16(self.cap + MSIX_CONTROL);
+        self.function.write16(
+            self.cap + MSIX_CONTROL,
+            control | MSIX_CONTROL_FUNCTION_MASK,
+        );
+    }
+
+    /// Masks or unmasks entry `vector` (its vector control), leaving its message alone.
+    pub fn set_masked(&self, vector: u16, masked: bool) -> Result<(), Text> {
+        let entry = self.entry(vector)?;
+        let control = if masked { MSIX_VECTOR_MASKED } else { 0 };
+        self.table.write32(entry + MSIX_ENTRY_CONTROL, control);
+        Ok(())
+    }
+
+    /// Whether entry `vector`'s vector control says masked.
+    pub fn is_masked(&self, vector: u16) -> Result<bool, Text> {
+        let entry = self.entry(vector)?;
+        Ok(self.table.read32(entry + MSIX_ENTRY_CONTROL) & MSIX_VECTOR_MASKED != 0)
+    }
+
+    /// Whether `vector`'s pending bit is set, read (one qword) from the PBA where the
+    /// capability says it is.
+    pub fn is_pending(&self, vector: u16) -> Result<bool, Text> {
+        self.entry(vector)?;
+        let at = self.pba_location();
+        let bar = self.function.memory_bar(at.bir)?;
+        let qword = u64::from(vector / PBA_BITS_PER_QWORD) * PBA_QWORD_SIZE;
+        let pba = Mmio::new(
+            "MSI-X PBA",
+            bar + u64::from(at.offset) + qword,
+            PBA_QWORD_SIZE,
+        )?;
+        Ok(pba.read64(0) & (1 << (vector % PBA_BITS_PER_QWORD)) != 0)
+    }
+
+    /// Offset of entry `vector` in the table; fails beyond the table.
+    fn entry(&self, vector: u16) -> Result<u64, Text> {
+        if vector >= self.vectors {
+            return Err(text!(
+                "MSI-X vector {} beyond the table's {}",
+                vector,
+                self.vectors
+            ));
+        }
+        Ok(u64::from(vector) * MSIX_ENTRY_SIZE)
     }
 
     /// Enables MSI-X with the function mask set: entries can be programmed, nothing is sent.
@@ -174,14 +256,7 @@ impl MsiX {
         data: u32,
         masked: bool,
     ) -> Result<(), Text> {
-        if vector >= self.vectors {
-            return Err(text!(
-                "MSI-X vector {} beyond the table's {}",
-                vector,
-                self.vectors
-            ));
-        }
-        let entry = u64::from(vector) * MSIX_ENTRY_SIZE;
+        let entry = self.entry(vector)?;
         self.table
             .write32(entry + MSIX_ENTRY_CONTROL, MSIX_VECTOR_MASKED);
         self.table.write32(entry + MSIX_ENTRY_ADDRESS_LO, address);

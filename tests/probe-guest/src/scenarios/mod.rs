@@ -8,6 +8,9 @@
 //! through the DMAR) with the edu test device and the I/O APIC; their shared parts are in
 //! `ir_common`; `ir-bench` times invalidations with many remapped vectors live. `hostile`
 //! writes garbage into every emulated register window, then runs `ir-basic`'s steps.
+//!
+//! The `vfio-*` scenarios drive the vfio-user test device (1234:11ea) that irvmm passes
+//! through (`--device vfio-user,socket=...`); their shared parts are in `vfio_common`.
 
 mod boot;
 mod fault;
@@ -25,6 +28,14 @@ mod poweroff;
 mod reset;
 mod smp;
 mod triple_fault;
+mod vfio_basic;
+mod vfio_common;
+mod vfio_die;
+mod vfio_dma;
+mod vfio_extdest;
+mod vfio_intx;
+mod vfio_mask;
+mod vfio_remap;
 
 use crate::pvh::StartInfo;
 use crate::report::Outcome;
@@ -103,6 +114,46 @@ pub static ALL: &[Scenario] = &[
         name: "hostile",
         summary: "garbage into every emulated register window, then the ir-basic steps must still pass",
         run: hostile::run,
+    },
+    Scenario {
+        name: "vfio-basic",
+        summary: "passthrough test device: identity, BAR sizing, MSI-X placement, BAR0 page-0 register round trips, expansion ROM",
+        run: vfio_basic::run,
+    },
+    Scenario {
+        name: "vfio-msix-ir",
+        summary: "64 passthrough MSI-X vectors remapped to CPUs across the APIC IDs, each once; one moved by IRTE + IEC",
+        run: vfio_remap::run_ir,
+    },
+    Scenario {
+        name: "vfio-msix-direct",
+        summary: "as vfio-msix-ir with the device's own MSI-X table (msix=direct) programmed through the mapped BAR",
+        run: vfio_remap::run_direct,
+    },
+    Scenario {
+        name: "vfio-msix-extdest",
+        summary: "64 passthrough MSI-X vectors without an IOMMU to APIC IDs > 255 via the extended destination ID",
+        run: vfio_extdest::run,
+    },
+    Scenario {
+        name: "vfio-mask",
+        summary: "passthrough MSI-X entry and function masks: fires set the PBA bit, unmasking delivers once",
+        run: vfio_mask::run,
+    },
+    Scenario {
+        name: "vfio-dma",
+        summary: "passthrough DMA guest -> device -> guest with patterns; unmapped guest addresses fail and copy nothing",
+        run: vfio_dma::run,
+    },
+    Scenario {
+        name: "vfio-intx",
+        summary: "passthrough INTx through its IOAPIC pin (level): assert, handler deasserts and EOIs, 5 cycles",
+        run: vfio_intx::run,
+    },
+    Scenario {
+        name: "vfio-die",
+        summary: "the vfio-user server dies mid-run: the device's BAR0 must read all ones, the VMM carries on",
+        run: vfio_die::run,
     },
     Scenario {
         name: "poweroff",
