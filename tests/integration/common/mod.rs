@@ -5,8 +5,9 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -124,9 +125,20 @@ pub type StopWhen<'a> = &'a dyn Fn(&[String]) -> bool;
 /// Runs irvmm with `args` until it exits, `deadline` passes, or a console line satisfies
 /// `stop_when` (then the VM is killed).
 pub fn run_guest(args: &[&str], deadline: Duration, stop_when: Option<StopWhen>) -> GuestRun {
+    run_guest_env(args, &[], deadline, stop_when)
+}
+
+/// [`run_guest`] with extra environment variables for irvmm (e.g. `RUST_LOG`).
+pub fn run_guest_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    deadline: Duration,
+    stop_when: Option<StopWhen>,
+) -> GuestRun {
     let start = Instant::now();
     let mut child = Command::new(irvmm())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -214,6 +226,27 @@ pub fn run_probe_cmdline(cmdline: &str, extra: &[&str]) -> Result<GuestRun, Stri
     Ok(run_guest(&args, Duration::from_secs(300), None))
 }
 
+/// Boots the probe guest with `probe=<scenario>`, `extra` irvmm arguments and `env` for
+/// irvmm, stopping it after `deadline`.
+pub fn run_probe_env(
+    scenario: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    deadline: Duration,
+) -> Result<GuestRun, String> {
+    kvm_available()?;
+    let probe = asset("probe.elf")?;
+    let cmdline = format!("probe={scenario}");
+    let mut args = vec![
+        "--kernel",
+        probe.to_str().expect("utf-8 path"),
+        "--cmdline",
+        &cmdline,
+    ];
+    args.extend_from_slice(extra);
+    Ok(run_guest_env(&args, env, deadline, None))
+}
+
 /// Asserts that the probe's last console line is `PROBE PASS <scenario>` followed by the
 /// expected `key=value` fields, and that irvmm exited with status 0.
 pub fn assert_probe_pass(run: &GuestRun, scenario: &str, fields: &[&str]) {
@@ -232,4 +265,168 @@ pub fn assert_probe_pass(run: &GuestRun, scenario: &str, fields: &[&str]) {
         );
     }
     assert_eq!(run.code(), Some(0), "exit status\n{}", run.dump());
+}
+
+/// The line the test device prints to stderr once it listens.
+const TESTDEV_LISTENING: &str = "vfio-user-testdev: listening on ";
+/// How long the test device may take to start listening.
+const TESTDEV_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Test devices started by this process (part of each socket's unique name).
+static TESTDEV_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// The `vfio-user-testdev` binary: next to irvmm (the same build), else under
+/// `$CARGO_TARGET_DIR` or `<repo>/target`, debug before release. The workspace's test build
+/// builds it (the testdev crate has integration tests of its own); `cargo test -p cli` alone
+/// does not. Missing: why, or a panic with `IRVMM_REQUIRE_ASSETS` set.
+pub fn testdev_binary() -> Result<PathBuf, String> {
+    const NAME: &str = "vfio-user-testdev";
+    let mut candidates = Vec::new();
+    if let Some(dir) = irvmm().parent() {
+        candidates.push(dir.join(NAME));
+    }
+    let mut roots = Vec::new();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        roots.push(if dir.is_absolute() {
+            dir
+        } else {
+            repo_root().join(dir)
+        });
+    }
+    roots.push(repo_root().join("target"));
+    for root in roots {
+        for profile in ["debug", "release"] {
+            candidates.push(root.join(profile).join(NAME));
+        }
+    }
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let why = format!(
+        "the vfio-user test device is not built (looked for {}); run `cargo build -p vfio-user-testdev`",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert!(!strict(), "{why}");
+    Err(why)
+}
+
+/// A running `vfio-user-testdev` on a socket of its own; killed (and its socket removed)
+/// when dropped, so no test leaves one running.
+pub struct TestDevice {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    stderr: Arc<Mutex<String>>,
+    status: Option<ExitStatus>,
+}
+
+impl TestDevice {
+    /// Starts the device with `args` (after `--socket`) and waits for its listening line.
+    /// `Err` (a skip reason) only when the binary is missing; a device that does not come
+    /// up is a test failure (panic).
+    pub fn start(args: &[&str]) -> Result<TestDevice, String> {
+        let binary = testdev_binary()?;
+        let n = TESTDEV_COUNT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("irvmm-testdev-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test device socket directory");
+        let socket = dir.join("dev.sock");
+        let mut child = Command::new(&binary)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+        let stderr = child.stderr.take().expect("stderr");
+        let collected = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = collected.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let listening = line.starts_with(TESTDEV_LISTENING);
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+                if listening {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let mut device = TestDevice {
+            child,
+            dir,
+            socket,
+            stderr: collected,
+            status: None,
+        };
+        let expected = format!("{TESTDEV_LISTENING}{}", device.socket.display());
+        match rx.recv_timeout(TESTDEV_START_TIMEOUT) {
+            Ok(line) if line == expected => Ok(device),
+            Ok(line) => panic!("test device said '{line}', expected '{expected}'"),
+            Err(_) => {
+                let status = device.wait_exit(Duration::from_millis(100));
+                panic!(
+                    "test device {args:?} did not listen within {TESTDEV_START_TIMEOUT:?} (status {status:?}); stderr:\n{}",
+                    device.stderr()
+                )
+            }
+        }
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The irvmm `--device` value for it, with `msix=<msix>` when given.
+    pub fn device_arg(&self, msix: Option<&str>) -> String {
+        let mut arg = format!("vfio-user,socket={}", self.socket.display());
+        if let Some(m) = msix {
+            arg.push_str(",msix=");
+            arg.push_str(m);
+        }
+        arg
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for it to exit by itself; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.status {
+                return Some(s);
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.status = Some(s);
+                return Some(s);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestDevice {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
