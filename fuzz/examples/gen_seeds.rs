@@ -945,4 +945,8 @@ fn main() {
         irvmm_fuzz::vfio_user_client::run(&bytes);
         write_seed(&corpus.join("vfio_user_client"), name, &bytes);
     }
+    for (name, bytes) in irvmm_fuzz::vfio_function::seeds() {
+        irvmm_fuzz::vfio_function::run(&bytes);
+        write_seed(&corpus.join("vfio_function"), name, &bytes);
+    }
 }

@@ -18,6 +18,8 @@
 //!   interrupt remapping and guest-mode posting against fuzzer-controlled guest memory.
 //! * [`vfio_user_client`]: the vfio-user client against a scripted device server whose
 //!   answers the fuzzer chooses.
+//! * [`vfio_function`]: a passed-through PCI function (emulated configuration space, MSI,
+//!   MSI-X table and PBA, BAR forwarding) over a device whose layout the fuzzer chooses.
 //!
 //! # Inputs and seeds
 //!
@@ -34,6 +36,7 @@ pub mod ioapic_mmio;
 pub mod kernel_load;
 pub mod pci_config;
 pub mod remap_decode;
+pub mod vfio_function;
 pub mod vfio_user_client;
 pub mod vtd_mmio;
 
@@ -111,13 +114,14 @@ mod tests {
     fn committed_seeds_pass() {
         let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
         type Harness = fn(&[u8]);
-        let targets: [(&str, Harness); 6] = [
+        let targets: [(&str, Harness); 7] = [
             ("vtd_mmio", crate::vtd_mmio::run),
             ("remap_decode", crate::remap_decode::run),
             ("ioapic_mmio", crate::ioapic_mmio::run),
             ("pci_config", crate::pci_config::run),
             ("kernel_load", crate::kernel_load::run),
             ("vfio_user_client", crate::vfio_user_client::run),
+            ("vfio_function", crate::vfio_function::run),
         ];
         for (target, run) in targets {
             let mut seeds = 0;

@@ -5,7 +5,7 @@
 //! Region and IRQ indices are vfio-pci's (`include/uapi/linux/vfio.h`): BARs 0–5, the
 //! expansion ROM 6, configuration space 7; INTx 0, MSI 1, MSI-X 2.
 
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use thiserror::Error;
@@ -355,9 +355,10 @@ pub trait VfioBackend: Send {
     fn dma_map(&mut self, region: &DmaRegion) -> Result<(), BackendError>;
     /// Removes a DMA mapping made by [`VfioBackend::dma_map`].
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), BackendError>;
-    /// A descriptor that reports a hang-up when the device goes away (a vfio-user
-    /// server's socket), so the VMM can stop mapping its memory into the guest at once.
-    fn hangup_fd(&self) -> Option<RawFd> {
+    /// A descriptor (the caller's own duplicate) that reports a hang-up when the device
+    /// goes away (a vfio-user server's socket), so the VMM can stop mapping its memory into
+    /// the guest at once.
+    fn hangup_fd(&self) -> Option<OwnedFd> {
         None
     }
 }

@@ -401,7 +401,7 @@ impl VfioPciFunction {
     }
 
     /// The file descriptor whose hang-up means the device is gone (a vfio-user socket).
-    pub fn hangup_fd(&self) -> Option<std::os::fd::RawFd> {
+    pub fn hangup_fd(&self) -> Option<std::os::fd::OwnedFd> {
         self.backend.hangup_fd()
     }
 

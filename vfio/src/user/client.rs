@@ -114,6 +114,11 @@ impl Connection {
         Instant::now() + self.timeout
     }
 
+    /// A duplicate of the socket (for watching the server hang up), while connected.
+    pub fn dup_socket(&self) -> Option<OwnedFd> {
+        self.fd.as_ref().and_then(|fd| fd.try_clone().ok())
+    }
+
     /// Whether the connection is still up (no transport failure, timeout or protocol
     /// violation yet).
     pub fn is_alive(&self) -> bool {

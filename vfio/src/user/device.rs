@@ -199,6 +199,10 @@ impl VfioBackend for VfioUserDevice {
         &self.name
     }
 
+    fn hangup_fd(&self) -> Option<OwnedFd> {
+        self.conn.dup_socket()
+    }
+
     fn kind(&self) -> BackendKind {
         BackendKind::User
     }

@@ -4,7 +4,7 @@
 //! (its BARs stop being mapped, so they read all ones, and it is logged once).
 
 use std::collections::BTreeMap;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use devices::pci::PciAddress;
@@ -25,7 +25,7 @@ struct IntxLine {
 }
 
 struct Hangup {
-    fd: RawFd,
+    fd: OwnedFd,
     name: String,
     address: PciAddress,
 }
@@ -85,13 +85,13 @@ impl PassthroughEvents {
     /// Watches `fd` (a vfio-user socket) for the server hanging up.
     pub fn add_hangup(
         self: &Arc<Self>,
-        fd: RawFd,
+        fd: OwnedFd,
         name: &str,
         address: PciAddress,
     ) -> std::io::Result<()> {
         let mut h = Self::lock(&self.hangups);
         let token = HANGUP_TOKEN + h.len() as u32;
-        self.watcher()?.watch_hangup(fd, token)?;
+        self.watcher()?.watch_hangup(fd.as_raw_fd(), token)?;
         h.push(Hangup {
             fd,
             name: name.to_string(),
@@ -133,7 +133,7 @@ impl PassthroughEvents {
             return;
         };
         if let Some(w) = self.watcher.get() {
-            let _ = w.unwatch_raw(h.fd);
+            let _ = w.unwatch_raw(h.fd.as_raw_fd());
         }
         log::error!(
             "{}: the device server hung up; the device is gone (its BARs now read all ones)",
