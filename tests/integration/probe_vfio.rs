@@ -238,18 +238,20 @@ fn vfio_msix_extdest_64_vectors_without_iommu() {
 
 // --- masking, DMA, INTx -----------------------------------------------------------------
 
-fn mask(test: &str, extra: &[&str]) {
+/// Runs vfio-mask with the device started with `device_args`, `msix=` placement and extra
+/// irvmm arguments; the PBA must be where `pba` (`pba_bir=B pba=0x..`) says.
+fn mask(test: &str, device_args: &[&str], msix: Option<&str>, extra: &[&str], pba: [&str; 2]) {
     let mut args = vec!["--cpus", "1"];
     args.extend_from_slice(extra);
-    let Some((run, _device)) = passthrough(test, &[], None, "vfio-mask", &args) else {
+    let Some((run, _device)) = passthrough(test, device_args, msix, "vfio-mask", &args) else {
         return;
     };
     assert_clean_pass(
         &run,
         "vfio-mask",
         &[
-            "pba_bir=2",
-            "pba=0x1000",
+            pba[0],
+            pba[1],
             "entry_mask=ok",
             "function_mask=ok",
             "deliveries=3",
@@ -257,14 +259,41 @@ fn mask(test: &str, extra: &[&str]) {
     );
 }
 
+/// Where the emulated PBA is with the table relocated (default).
+const PBA_RELOCATED: [&str; 2] = ["pba_bir=2", "pba=0x1000"];
+/// Where the PBA is when trapped or the device's own.
+const PBA_DEVICE: [&str; 2] = ["pba_bir=0", "pba=0x9000"];
+
 #[test]
 fn vfio_mask_pending_bit_and_single_delivery() {
-    mask("vfio_mask", &[]);
+    mask("vfio_mask", &[], None, &[], PBA_RELOCATED);
 }
 
 #[test]
 fn vfio_mask_with_an_iommu_present() {
-    mask("vfio_mask_iommu", &["--iommu", "intel"]);
+    mask(
+        "vfio_mask_iommu",
+        &[],
+        None,
+        &["--iommu", "intel"],
+        PBA_RELOCATED,
+    );
+}
+
+#[test]
+fn vfio_mask_trapped_table_and_pba() {
+    mask("vfio_mask_trap", &[], Some("trap"), &[], PBA_DEVICE);
+}
+
+#[test]
+fn vfio_mask_device_table_and_pba() {
+    mask(
+        "vfio_mask_direct",
+        &["--direct-msix"],
+        Some("direct"),
+        &[],
+        PBA_DEVICE,
+    );
 }
 
 #[test]
