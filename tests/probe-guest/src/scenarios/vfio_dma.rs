@@ -195,7 +195,7 @@ pub fn run(ctx: &Context) -> Outcome {
         "guest -> device",
         to_device,
         DMA_OK,
-        done0 + 1,
+        done0.wrapping_add(1),
     )?;
     completion(&clock, 1, "guest -> device")?;
     compare(
@@ -216,7 +216,14 @@ pub fn run(ctx: &Context) -> Outcome {
         direction: Direction::ToGuest,
         vector: None,
     };
-    transfer(&dev, &clock, "device -> guest", to_guest, DMA_OK, done0 + 2)?;
+    transfer(
+        &dev,
+        &clock,
+        "device -> guest",
+        to_guest,
+        DMA_OK,
+        done0.wrapping_add(2),
+    )?;
     compare(
         "guest memory after device -> guest",
         pattern(SEED_TO_GUEST),
@@ -242,7 +249,7 @@ pub fn run(ctx: &Context) -> Outcome {
         (
             "from across the end of RAM",
             Transfer {
-                src: ram_end - STRADDLE,
+                src: ram_end.saturating_sub(STRADDLE),
                 dst: into_untouched,
                 count: CHUNK as u32,
                 direction: Direction::ToDevice,
@@ -261,7 +268,7 @@ pub fn run(ctx: &Context) -> Outcome {
         ),
     ];
     for (what, t) in failing {
-        transfer(&dev, &clock, what, t, DMA_FAILED, done0 + 2)?;
+        transfer(&dev, &clock, what, t, DMA_FAILED, done0.wrapping_add(2))?;
         compare(what, core::iter::repeat_n(SENTINEL, DWORDS), |i| {
             dev.read(buffer(AREA_UNTOUCHED, i))
         })?;
@@ -272,6 +279,6 @@ pub fn run(ctx: &Context) -> Outcome {
         "bytes={} to_device=ok to_guest=ok unmapped=failed irqs={} dma_done={}",
         CHUNK,
         DEVICE.total(),
-        dev.read(testdev::REG_DMA_DONE) - done0
+        dev.read(testdev::REG_DMA_DONE).wrapping_sub(done0)
     ))
 }
