@@ -141,10 +141,13 @@ fn run(n: u32, global: bool, kind: Kind) -> Result {
             }
         };
         router
-            .apply(&Effects {
-                iec: vec![iec],
-                ..Effects::default()
-            })
+            .apply(
+                &Effects {
+                    iec: vec![iec],
+                    ..Effects::default()
+                }
+                .into(),
+            )
             .expect("invalidation");
     }
     let elapsed = start.elapsed();

@@ -10,10 +10,9 @@
 use virtual_iommu::msi::{
     DeliveryMode, MSI_ADDR_DEST_MODE_LOGICAL, MSI_DATA_DELIVERY_MASK, MSI_DATA_DELIVERY_SHIFT,
 };
-use virtual_iommu::vtd::Fault;
-use virtual_iommu::{MsiMessage, SourceId, Translation};
+use virtual_iommu::{MsiMessage, SourceId};
 
-use crate::iommu::Iommu;
+use crate::iommu::{Iommu, IommuFault, Outcome};
 
 /// How messages are translated for this VM.
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,10 +40,13 @@ pub fn translate(msg: MsiMessage, policy: TranslationPolicy) -> Option<MsiMessag
 pub struct Xlat {
     /// The message KVM delivers (KVM's x2APIC API layout); `None`: nothing is delivered.
     pub route: Option<MsiMessage>,
-    /// The IRTE index the message named: the key IEC invalidations reach it by.
+    /// The VT-d IRTE index the message named: the key IEC invalidations reach it by
+    /// (AMD-Vi invalidations name the source's requester ID instead).
     pub irte: Option<u32>,
     /// Why it is blocked, when the IOMMU blocked it (recorded when the source fires).
-    pub blocked: Option<Fault>,
+    pub blocked: Option<IommuFault>,
+    /// An AMD-Vi guest-mode entry: no route; the IOMMU posts every interrupt.
+    pub guest: bool,
 }
 
 /// Translates `raw` (from requester `sid`) through `iommu`, or the IOMMU-less policy.
@@ -63,14 +65,27 @@ pub fn translate_source(
             ..Xlat::default()
         },
         Some(iommu) => match iommu.translate(sid, raw) {
-            Translation::Passthrough(m) if !iommu.remapping_enabled() => Xlat {
+            Outcome::Passthrough(m) if !iommu.remapping_enabled() => Xlat {
                 route: translate(m, policy),
                 ..Xlat::default()
             },
-            t => Xlat {
-                route: t.message(),
-                irte: t.irte_index(),
-                blocked: t.fault(),
+            Outcome::Passthrough(m) => Xlat {
+                route: Some(m),
+                ..Xlat::default()
+            },
+            Outcome::Remapped { message, irte } => Xlat {
+                route: Some(message),
+                irte,
+                ..Xlat::default()
+            },
+            Outcome::Blocked { fault, irte } => Xlat {
+                irte,
+                blocked: Some(fault),
+                ..Xlat::default()
+            },
+            Outcome::GuestMode => Xlat {
+                guest: true,
+                ..Xlat::default()
             },
         },
     }

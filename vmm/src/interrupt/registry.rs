@@ -126,6 +126,8 @@ pub(crate) struct Registry {
     pub(crate) groups: Vec<Group>,
     /// IRTE index → sources whose translation named it.
     by_irte: BTreeMap<u32, BTreeSet<u32>>,
+    /// Requester ID → sources (AMD-Vi invalidations name device IDs).
+    by_sid: BTreeMap<u16, Vec<u32>>,
     next_gsi: u32,
 }
 
@@ -141,6 +143,12 @@ pub enum RegistryError {
 }
 
 impl Registry {
+    fn push(&mut self, src: Source) {
+        let h = self.sources.len() as u32;
+        self.by_sid.entry(src.sid.0).or_default().push(h);
+        self.sources.push(src);
+    }
+
     /// A registry whose first `pins` GSIs belong to IOAPIC pins with source ID `sid`.
     pub(crate) fn with_pins(pins: u32, sid: SourceId) -> Self {
         let mut r = Registry {
@@ -148,7 +156,7 @@ impl Registry {
             ..Registry::default()
         };
         for gsi in 0..pins {
-            r.sources.push(Source {
+            r.push(Source {
                 sid,
                 raw: None,
                 xlat: Xlat::default(),
@@ -177,7 +185,7 @@ impl Registry {
     ) -> Result<Range<u32>, RegistryError> {
         let handles = self.next_handles(count)?;
         for _ in handles.clone() {
-            self.sources.push(Source {
+            self.push(Source {
                 sid,
                 raw: None,
                 xlat: Xlat::default(),
@@ -205,7 +213,7 @@ impl Registry {
         let handles = self.next_handles(count)?;
         let group = self.groups.len();
         for (i, fd) in fds.into_iter().enumerate() {
-            self.sources.push(Source {
+            self.push(Source {
                 sid,
                 raw: None,
                 xlat: Xlat::default(),
@@ -272,6 +280,11 @@ impl Registry {
             .range(start..)
             .take_while(move |(i, _)| u64::from(**i) < end)
             .flat_map(|(_, set)| set.iter().copied())
+    }
+
+    /// Sources with requester ID `sid`.
+    pub(crate) fn by_sid(&self, sid: u16) -> impl Iterator<Item = u32> + '_ {
+        self.by_sid.get(&sid).into_iter().flatten().copied()
     }
 
     /// Every source with a message (the ones a global invalidation re-translates).

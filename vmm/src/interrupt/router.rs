@@ -6,8 +6,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use thiserror::Error;
-use virtual_iommu::vtd::Fault;
-use virtual_iommu::{Effects, IecInvalidation, MsiMessage, SourceId};
+use virtual_iommu::{MsiMessage, SourceId};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::kvm::InterruptBackend;
@@ -16,7 +15,7 @@ use super::registry::{Delivery, IrqHandle, IrqfdMode, Registry, RegistryError, V
 use super::report::{self, GroupCounts, HostPosting};
 use super::routes::{RouteError, RouteStats, RouteTable};
 use super::watcher::Watcher;
-use crate::iommu::Iommu;
+use crate::iommu::{Covers, Iommu, IommuEffects, IommuFault};
 
 /// Router errors.
 #[derive(Debug, Error)]
@@ -90,10 +89,15 @@ struct State {
 /// What to do for an interrupt of a watched vector, decided under the lock, done without.
 enum Watched {
     Masked(Arc<dyn VectorOwner>, u16),
-    Fault(Fault),
+    Fault(IommuFault),
     Deliver(MsiMessage),
+    /// An AMD-Vi guest-mode entry: the IOMMU posts it.
+    Guest(SourceId, MsiMessage),
     Drop,
 }
+
+/// Signals the IOMMU's own PCI MSI (AMD-Vi event interrupts without XT registers).
+pub type OwnMsiHook = Arc<dyn Fn() + Send + Sync>;
 
 /// The VM's interrupt router.
 pub struct InterruptRouter<B: InterruptBackend> {
@@ -104,6 +108,7 @@ pub struct InterruptRouter<B: InterruptBackend> {
     iommu: Option<Arc<Iommu>>,
     host: HostPosting,
     watcher: OnceLock<Watcher>,
+    own_msi: OnceLock<OwnMsiHook>,
     me: Weak<Self>,
 }
 
@@ -129,8 +134,14 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
             iommu,
             host,
             watcher: OnceLock::new(),
+            own_msi: OnceLock::new(),
             me: me.clone(),
         })
+    }
+
+    /// Sets how the IOMMU's own PCI MSI is signalled (once; AMD-Vi).
+    pub fn set_own_msi(&self, hook: OwnMsiHook) {
+        let _ = self.own_msi.set(hook);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -332,7 +343,7 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
                 let g = v.group;
                 if let Some(c) = st.group_counters.get_mut(g) {
                     match act {
-                        Watched::Deliver(_) => c.0 += 1,
+                        Watched::Deliver(_) | Watched::Guest(..) => c.0 += 1,
                         Watched::Fault(_) | Watched::Drop => c.1 += 1,
                         Watched::Masked(..) => {}
                     }
@@ -344,6 +355,7 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
             Watched::Masked(owner, index) => owner.masked_fire(index),
             Watched::Fault(f) => self.record_fault(&f),
             Watched::Deliver(m) => self.signal(m),
+            Watched::Guest(sid, raw) => self.deliver_guest(sid, raw),
             Watched::Drop => log::debug!("irq source {}: fired without a message; dropped", h.0),
         }
     }
@@ -390,10 +402,11 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
                 None => Watched::Drop,
             };
         }
-        match (src.xlat.blocked, src.xlat.route) {
-            (Some(f), _) => Watched::Fault(f),
-            (None, Some(m)) => Watched::Deliver(m),
-            (None, None) => Watched::Drop,
+        match (src.xlat.blocked, src.xlat.route, src.raw) {
+            (Some(f), _, _) => Watched::Fault(f),
+            (None, Some(m), _) => Watched::Deliver(m),
+            (None, None, Some(raw)) if src.xlat.guest => Watched::Guest(src.sid, raw),
+            (None, None, _) => Watched::Drop,
         }
     }
 
@@ -401,10 +414,11 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
     /// (after committing staged routes), or an irqfd vector whose pending bit was just
     /// cleared. A blocked source records its fault in the IOMMU instead.
     pub fn trigger(&self, h: IrqHandle) {
-        let (xlat, pin) = {
+        let (xlat, pin, sid, raw) = {
             let mut st = self.lock();
             let Some(src) = st.reg.get_mut(h) else { return };
             let xlat = src.xlat;
+            let (sid, raw) = (src.sid, src.raw);
             let pin = match &mut src.delivery {
                 Delivery::Pin { gsi, last_vector } => {
                     if xlat.blocked.is_none() {
@@ -417,10 +431,14 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
             if pin.is_none() && xlat.blocked.is_none() && xlat.route.is_some() {
                 st.signalled += 1;
             }
-            (xlat, pin)
+            (xlat, pin, sid, raw)
         };
         if let Some(f) = xlat.blocked {
             self.record_fault(&f);
+            return;
+        }
+        if let (true, Some(raw)) = (xlat.guest, raw) {
+            self.deliver_guest(sid, raw);
             return;
         }
         match (pin, xlat.route) {
@@ -445,19 +463,46 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
         }
     }
 
-    fn record_fault(&self, f: &Fault) {
+    fn record_fault(&self, f: &IommuFault) {
         if let Some(iommu) = &self.iommu {
             let effects = iommu.record_fault(f);
-            self.deliver(&effects.interrupts);
+            self.deliver(&effects);
         }
     }
 
+    /// One interrupt of an AMD-Vi guest-mode source: the IOMMU re-reads the entry (never
+    /// cached) and posts it, records a fault, or says what to send when it left guest mode.
+    fn deliver_guest(&self, sid: SourceId, raw: MsiMessage) {
+        let Some(iommu) = &self.iommu else { return };
+        let (msg, effects) = iommu.deliver_guest(sid, raw);
+        if let Some(m) = msg {
+            self.signal(m);
+        }
+        self.deliver(&effects);
+    }
+
     /// Sends the IOMMU's own event interrupts.
-    fn deliver(&self, interrupts: &[MsiMessage]) {
-        for m in interrupts {
+    fn deliver(&self, effects: &IommuEffects) {
+        for m in &effects.interrupts {
             if let Err(e) = self.backend.signal_msi(*m) {
                 log::error!("IOMMU event interrupt {m:x?}: KVM_SIGNAL_MSI failed: {e}");
             }
+        }
+        if effects.own_msi > 0 {
+            if let Some(hook) = self.own_msi.get() {
+                for _ in 0..effects.own_msi {
+                    hook();
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` as a message no IOMMU remaps (the IOMMU's own MSI): only the
+    /// IOMMU-less policy (extended destination ID) applies.
+    pub fn signal_unremapped(&self, msg: MsiMessage) {
+        match super::policy::translate(msg, self.policy) {
+            Some(m) => self.signal(m),
+            None => log::debug!("unremapped message {msg:x?} is not an interrupt; dropped"),
         }
     }
 
@@ -466,25 +511,29 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
     /// from their tables first), stages or commits their routes (irqfd routes before this
     /// returns, so a guest waiting for the invalidation's completion finds them in KVM),
     /// then sends the unit's event interrupts.
-    pub fn apply(&self, effects: &Effects) -> Result<(), RouterError> {
-        if !effects.iec.is_empty() || effects.ir_state_changed {
+    pub fn apply(&self, effects: &IommuEffects) -> Result<(), RouterError> {
+        if effects.covers != Covers::Nothing {
             let mut st = self.lock();
             st.invalidations += 1;
             self.reread_direct(&mut st);
-            let affected: BTreeSet<u32> = if effects.invalidates_all() {
-                st.reg.programmed().collect()
-            } else {
-                let mut set: BTreeSet<u32> = st.reg.direct().collect();
-                for inv in &effects.iec {
-                    if let IecInvalidation::Range { start, count } = *inv {
-                        set.extend(st.reg.by_irte_range(start, count));
+            let mut affected: BTreeSet<u32> = st.reg.direct().collect();
+            match &effects.covers {
+                Covers::Nothing => {}
+                Covers::All => affected.extend(st.reg.programmed()),
+                Covers::Irte(ranges) => {
+                    for &(start, count) in ranges {
+                        affected.extend(st.reg.by_irte_range(start, count));
                     }
                 }
-                set
-            };
+                Covers::Devices(ids) => {
+                    for id in ids {
+                        affected.extend(st.reg.by_sid(id.0));
+                    }
+                }
+            }
             self.update(&mut st, affected.into_iter(), true)?;
         }
-        self.deliver(&effects.interrupts);
+        self.deliver(effects);
         Ok(())
     }
 

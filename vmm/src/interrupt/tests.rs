@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::interrupt::routes::RouteError;
-use crate::iommu::{Iommu, VtdMmio};
+use crate::iommu::{Iommu, IommuEffects, VtdMmio};
 
 /// A committed route: (address_lo, address_hi, data).
 type Route = (u32, u32, u32);
@@ -192,18 +192,20 @@ impl Rig {
     }
 }
 
-fn invalidate(start: u32, count: u32) -> Effects {
+fn invalidate(start: u32, count: u32) -> IommuEffects {
     Effects {
         iec: vec![IecInvalidation::Range { start, count }],
         ..Effects::default()
     }
+    .into()
 }
 
-fn global() -> Effects {
+fn global() -> IommuEffects {
     Effects {
         iec: vec![IecInvalidation::Global],
         ..Effects::default()
     }
+    .into()
 }
 
 /// Waits (bounded) for `cond`, which the watcher thread makes true.

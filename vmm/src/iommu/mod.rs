@@ -1,0 +1,352 @@
+//! The guest's virtual IOMMU in the VM: an Intel VT-d unit or an AMD-Vi unit over guest
+//! memory, seen by the interrupt router through one vocabulary.
+//!
+//! * [`Iommu::translate`] answers what a source's message becomes: a route (cacheable until
+//!   an invalidation covers it), a block (with the fault to record when it fires), or, for
+//!   AMD-Vi guest-mode IRTEs, a post the VMM performs at every interrupt (never cached).
+//! * Register writes return [`IommuEffects`]: which cached translations to re-translate
+//!   ([`Covers`]: IRTE index ranges for VT-d, device IDs for AMD-Vi, or all) and the unit's
+//!   own interrupts.
+//! * [`mmio`] is the register window on the MMIO bus; [`amd`] the PCI function an AMD-Vi
+//!   unit is to the guest.
+
+pub mod amd;
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use virtual_iommu::amd::{self as amdvi, AmdFault, AmdViConfig, AmdViUnit, Invalidation};
+use virtual_iommu::vtd::Fault as VtdFault;
+use virtual_iommu::{
+    Effects, GuestMemoryReader, IecInvalidation, MemError, MsiMessage, SourceId, Translation,
+    VtdConfig, VtdUnit,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory};
+
+pub use amd::AmdIommuFunction;
+pub use mmio::{AmdMmio, IommuMmio, VtdMmio};
+
+/// Guest RAM as the IOMMU models see it: accesses outside RAM fail whole; the IRR update
+/// of a posted interrupt is one atomic `fetch_or` on the mapped dword.
+pub struct GuestRam(pub GuestMemoryMmap);
+
+impl GuestMemoryReader for GuestRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.0
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| MemError::Unmapped {
+                gpa,
+                len: buf.len(),
+            })
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
+        self.0
+            .write_slice(buf, GuestAddress(gpa))
+            .map_err(|_| MemError::Unmapped {
+                gpa,
+                len: buf.len(),
+            })
+    }
+
+    fn fetch_or_u32(&self, gpa: u64, mask: u32) -> Result<u32, MemError> {
+        let unmapped = MemError::Unmapped { gpa, len: 4 };
+        if !gpa.is_multiple_of(4) {
+            return Err(unmapped);
+        }
+        let slice = self
+            .0
+            .get_slice(GuestAddress(gpa), 4)
+            .map_err(|_| unmapped)?;
+        let atomic = slice.get_atomic_ref::<AtomicU32>(0).map_err(|_| unmapped)?;
+        Ok(atomic.fetch_or(mask, Ordering::SeqCst))
+    }
+}
+
+/// A cached translation's fault, recorded when the blocked source fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuFault {
+    /// VT-d.
+    Vtd(VtdFault),
+    /// AMD-Vi.
+    Amd(AmdFault),
+}
+
+/// What a message becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not remapped: remapping is off (the IOMMU-less policy applies) or the entry passes
+    /// the message through.
+    Passthrough(MsiMessage),
+    /// Remapped to `message`; VT-d's translations name IRTE `irte`.
+    Remapped {
+        /// The interrupt in KVM's x2APIC API layout.
+        message: MsiMessage,
+        /// VT-d IRTE index (the key IEC invalidations reach it by).
+        irte: Option<u32>,
+    },
+    /// Blocked.
+    Blocked {
+        /// The fault to record when the source fires.
+        fault: IommuFault,
+        /// VT-d IRTE index it named.
+        irte: Option<u32>,
+    },
+    /// An AMD-Vi guest-mode entry: post it at every interrupt ([`Iommu::deliver_guest`]).
+    GuestMode,
+}
+
+/// Which cached translations an IOMMU event covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Covers {
+    /// None.
+    #[default]
+    Nothing,
+    /// Every source.
+    All,
+    /// Sources whose VT-d translation named an IRTE in one of these `(start, count)`.
+    Irte(Vec<(u32, u32)>),
+    /// Sources with these requester IDs (AMD-Vi device IDs).
+    Devices(Vec<SourceId>),
+}
+
+/// What the VMM must do after a register write, a recorded fault or a post.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IommuEffects {
+    /// Translations to redo (before the writing vCPU resumes).
+    pub covers: Covers,
+    /// The unit's interrupts to send with `KVM_SIGNAL_MSI` (never remapped).
+    pub interrupts: Vec<MsiMessage>,
+    /// Times to signal the unit's own PCI MSI (AMD-Vi without XT interrupts).
+    pub own_msi: usize,
+}
+
+impl IommuEffects {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.covers == Covers::Nothing && self.interrupts.is_empty() && self.own_msi == 0
+    }
+}
+
+impl From<Effects> for IommuEffects {
+    fn from(e: Effects) -> Self {
+        let covers = if e.invalidates_all() {
+            Covers::All
+        } else if e.iec.is_empty() {
+            Covers::Nothing
+        } else {
+            Covers::Irte(
+                e.iec
+                    .iter()
+                    .filter_map(|i| match *i {
+                        IecInvalidation::Range { start, count } => Some((start, count)),
+                        IecInvalidation::Global => None,
+                    })
+                    .collect(),
+            )
+        };
+        IommuEffects {
+            covers,
+            interrupts: e.interrupts,
+            own_msi: 0,
+        }
+    }
+}
+
+impl From<amdvi::Effects> for IommuEffects {
+    fn from(e: amdvi::Effects) -> Self {
+        let covers = if e.invalidates_all() {
+            Covers::All
+        } else if e.invalidations.is_empty() {
+            Covers::Nothing
+        } else {
+            let mut ids: Vec<SourceId> = e
+                .invalidations
+                .iter()
+                .filter_map(|i| match *i {
+                    Invalidation::DeviceTableEntry(d) | Invalidation::InterruptTable(d) => {
+                        Some(SourceId(d))
+                    }
+                    Invalidation::All => None,
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            Covers::Devices(ids)
+        };
+        IommuEffects {
+            covers,
+            interrupts: e.interrupts,
+            own_msi: e.msi.len(),
+        }
+    }
+}
+
+/// The unit.
+enum Unit {
+    Vtd(VtdUnit),
+    Amd(AmdViUnit),
+}
+
+/// A guest-visible IOMMU over the guest's memory.
+pub struct Iommu {
+    unit: Mutex<Unit>,
+    mem: GuestRam,
+}
+
+impl Iommu {
+    /// A VT-d unit in its reset state.
+    pub fn new(config: VtdConfig, mem: GuestMemoryMmap) -> Self {
+        Iommu {
+            unit: Mutex::new(Unit::Vtd(VtdUnit::new(config))),
+            mem: GuestRam(mem),
+        }
+    }
+
+    /// An AMD-Vi unit in its reset state.
+    pub fn new_amd(config: AmdViConfig, mem: GuestMemoryMmap) -> Self {
+        Iommu {
+            unit: Mutex::new(Unit::Amd(AmdViUnit::new(config))),
+            mem: GuestRam(mem),
+        }
+    }
+
+    fn unit(&self) -> MutexGuard<'_, Unit> {
+        self.unit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `msg` from `sid` becomes now (the tables are read at this moment).
+    pub fn translate(&self, sid: SourceId, msg: MsiMessage) -> Outcome {
+        match &*self.unit() {
+            Unit::Vtd(u) => match u.translate(&self.mem, sid, msg) {
+                Translation::Passthrough(m) => Outcome::Passthrough(m),
+                Translation::Remapped { index, message } => Outcome::Remapped {
+                    message,
+                    irte: Some(index),
+                },
+                Translation::Blocked(f) => Outcome::Blocked {
+                    fault: IommuFault::Vtd(f),
+                    irte: f.index,
+                },
+            },
+            Unit::Amd(u) => match u.translate(&self.mem, sid, msg) {
+                amdvi::Translation::Passthrough(m) => Outcome::Passthrough(m),
+                amdvi::Translation::Remapped { message, .. } => Outcome::Remapped {
+                    message,
+                    irte: None,
+                },
+                amdvi::Translation::Blocked(f) => Outcome::Blocked {
+                    fault: IommuFault::Amd(f),
+                    irte: None,
+                },
+                amdvi::Translation::GuestMode(_) => Outcome::GuestMode,
+            },
+        }
+    }
+
+    /// True while the guest has interrupt remapping enabled.
+    pub fn remapping_enabled(&self) -> bool {
+        match &*self.unit() {
+            Unit::Vtd(u) => u.remapping_enabled(),
+            Unit::Amd(u) => u.remapping_enabled(),
+        }
+    }
+
+    /// Records a fault for a request that was blocked.
+    pub fn record_fault(&self, fault: &IommuFault) -> IommuEffects {
+        match (&mut *self.unit(), fault) {
+            (Unit::Vtd(u), IommuFault::Vtd(f)) => u.record_fault(f).into(),
+            (Unit::Amd(u), IommuFault::Amd(f)) => u.record_fault(&self.mem, f).into(),
+            _ => IommuEffects::default(),
+        }
+    }
+
+    /// Delivers one interrupt of a source whose translation is guest mode: re-translates
+    /// (guest-mode fields are never cached) and posts, records a fault, or returns the
+    /// message to send when the entry stopped being guest mode.
+    pub fn deliver_guest(
+        &self,
+        sid: SourceId,
+        msg: MsiMessage,
+    ) -> (Option<MsiMessage>, IommuEffects) {
+        match &mut *self.unit() {
+            Unit::Amd(u) => {
+                let (t, effects) = u.deliver(&self.mem, sid, msg);
+                (t.message(), effects.into())
+            }
+            Unit::Vtd(_) => (None, IommuEffects::default()),
+        }
+    }
+
+    fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        match &*self.unit() {
+            Unit::Vtd(u) => u.mmio_read(offset, data),
+            Unit::Amd(u) => u.mmio_read(offset, data),
+        }
+    }
+
+    fn mmio_write(&self, offset: u64, data: &[u8]) -> IommuEffects {
+        match &mut *self.unit() {
+            Unit::Vtd(u) => u.mmio_write(&self.mem, offset, data).into(),
+            Unit::Amd(u) => u.mmio_write(&self.mem, offset, data).into(),
+        }
+    }
+
+    /// The AMD-Vi unit's extended feature register (the IVHD's EFR image); 0 for VT-d.
+    pub fn extended_features(&self) -> u64 {
+        match &*self.unit() {
+            Unit::Amd(u) => u.extended_features(),
+            Unit::Vtd(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_or_is_atomic_on_guest_ram_and_refuses_bad_addresses() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let ram = GuestRam(mem.clone());
+        std::thread::scope(|s| {
+            for bit in 0..32u32 {
+                let ram = &ram;
+                s.spawn(move || ram.fetch_or_u32(0x200, 1 << bit).unwrap());
+            }
+        });
+        let v: u32 = mem.read_obj(GuestAddress(0x200)).unwrap();
+        assert_eq!(v, u32::MAX, "every concurrent OR landed");
+        assert!(ram.fetch_or_u32(0x201, 1).is_err(), "misaligned");
+        assert!(ram.fetch_or_u32(0xffe, 1).is_err(), "crosses the end of RAM");
+        assert!(ram.fetch_or_u32(0x10_0000, 1).is_err(), "outside RAM");
+    }
+
+    #[test]
+    fn effects_name_what_they_cover() {
+        let amd = amdvi::Effects {
+            invalidations: vec![
+                Invalidation::InterruptTable(0x10),
+                Invalidation::DeviceTableEntry(0x8),
+                Invalidation::InterruptTable(0x10),
+            ],
+            ..amdvi::Effects::default()
+        };
+        let e: IommuEffects = amd.into();
+        assert_eq!(e.covers, Covers::Devices(vec![SourceId(8), SourceId(0x10)]));
+        let all: IommuEffects = amdvi::Effects {
+            invalidations: vec![Invalidation::All],
+            ..amdvi::Effects::default()
+        }
+        .into();
+        assert_eq!(all.covers, Covers::All);
+        let vtd: IommuEffects = Effects {
+            iec: vec![IecInvalidation::Range { start: 4, count: 2 }],
+            ..Effects::default()
+        }
+        .into();
+        assert_eq!(vtd.covers, Covers::Irte(vec![(4, 2)]));
+        assert!(IommuEffects::default().is_empty());
+    }
+}
