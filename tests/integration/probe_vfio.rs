@@ -361,7 +361,6 @@ fn server_death(test: &str) -> Option<Vec<String>> {
 }
 
 #[test]
-#[ignore = "irvmm bug: at adf1166 the vfio-user backend offers no hang-up fd, so a dead server's BARs stay mapped (fix pending)"]
 fn vfio_server_death_mid_run() {
     server_death("vfio_die");
 }
