@@ -366,7 +366,6 @@ fn vfio_server_death_mid_run() {
 }
 
 #[test]
-#[ignore = "irvmm bug: a dead vfio-user server logs 3 ERROR lines (hang-up, client, BAR read), expected one"]
 fn vfio_server_death_logs_one_error_line() {
     let Some(errors) = server_death("vfio_die_one_line") else {
         return;

@@ -406,6 +406,11 @@ impl VfioPciFunction {
     }
 
     fn device_error(&mut self, what: &str, e: &BackendError) {
+        // A device that is gone was reported when it went (the VMM watches for that).
+        if matches!(e, BackendError::Gone) {
+            log::debug!("{}: {what}: {e}", self.name);
+            return;
+        }
         if !self.failing {
             log::error!(
                 "{}: {what}: {e} (further device errors are not logged)",

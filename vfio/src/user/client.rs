@@ -231,14 +231,19 @@ impl Connection {
     /// Closes the socket and logs why, the first time only.
     fn kill(&mut self, why: &BackendError) {
         if let Some(fd) = self.fd.take() {
-            let why = match why {
-                BackendError::Gone => "the server closed the connection".to_string(),
-                other => other.to_string(),
-            };
-            log::error!(
-                "vfio-user device {}: {why}; the connection is closed and the device is gone",
-                self.name
-            );
+            // A server that went away is reported once by whoever watches its socket
+            // (the VMM logs the hang-up); a server that broke the protocol or stopped
+            // answering is only known here.
+            match why {
+                BackendError::Gone => log::debug!(
+                    "vfio-user device {}: the server closed the connection",
+                    self.name
+                ),
+                other => log::error!(
+                    "vfio-user device {}: {other}; the connection is closed and the device is gone",
+                    self.name
+                ),
+            }
             sys::shutdown(fd.as_raw_fd());
         }
     }

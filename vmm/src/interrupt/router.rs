@@ -419,6 +419,7 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
             let Some(src) = st.reg.get_mut(h) else { return };
             let xlat = src.xlat;
             let (sid, raw) = (src.sid, src.raw);
+            let mut group = None;
             let pin = match &mut src.delivery {
                 Delivery::Pin { gsi, last_vector } => {
                     if xlat.blocked.is_none() {
@@ -426,8 +427,21 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
                     }
                     Some(*gsi)
                 }
-                Delivery::Signal | Delivery::Irqfd(_) => None,
+                Delivery::Irqfd(v) => {
+                    group = Some(v.group);
+                    None
+                }
+                Delivery::Signal => None,
             };
+            // An irqfd vector delivered here (a pending one released on unmask) is a VMM
+            // delivery of that device.
+            if let Some(c) = group.and_then(|g| st.group_counters.get_mut(g)) {
+                if xlat.blocked.is_some() || xlat.route.is_none() && !xlat.guest {
+                    c.1 += 1;
+                } else {
+                    c.0 += 1;
+                }
+            }
             if pin.is_none() && xlat.blocked.is_none() && xlat.route.is_some() {
                 st.signalled += 1;
             }
@@ -515,8 +529,7 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
         if effects.covers != Covers::Nothing {
             let mut st = self.lock();
             st.invalidations += 1;
-            self.reread_direct(&mut st);
-            let mut affected: BTreeSet<u32> = st.reg.direct().collect();
+            let mut affected = self.reread_direct(&mut st);
             match &effects.covers {
                 Covers::Nothing => {}
                 Covers::All => affected.extend(st.reg.programmed()),
@@ -538,8 +551,10 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
     }
 
     /// Direct vectors whose message is known are re-read: the guest may have reprogrammed
-    /// the device's table, which no trap told the VMM.
-    fn reread_direct(&self, st: &mut State) {
+    /// the device's table, which no trap told the VMM. Returns those whose message changed
+    /// (the others are re-translated only if the invalidation covers them).
+    fn reread_direct(&self, st: &mut State) -> BTreeSet<u32> {
+        let mut changed = BTreeSet::new();
         let direct: Vec<u32> = st.reg.direct().collect();
         for h in direct {
             let h = IrqHandle(h);
@@ -555,9 +570,13 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
             };
             let raw = owner.read_message(v.index);
             if let Some(src) = st.reg.get_mut(h) {
-                src.raw = raw;
+                if src.raw != raw {
+                    src.raw = raw;
+                    changed.insert(h.0);
+                }
             }
         }
+        changed
     }
 
     /// The IOAPIC pins (GSIs) whose last delivery carried `vector`: the pins a

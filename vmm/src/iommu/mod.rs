@@ -319,7 +319,10 @@ mod tests {
         let v: u32 = mem.read_obj(GuestAddress(0x200)).unwrap();
         assert_eq!(v, u32::MAX, "every concurrent OR landed");
         assert!(ram.fetch_or_u32(0x201, 1).is_err(), "misaligned");
-        assert!(ram.fetch_or_u32(0xffe, 1).is_err(), "crosses the end of RAM");
+        assert!(
+            ram.fetch_or_u32(0xffe, 1).is_err(),
+            "crosses the end of RAM"
+        );
         assert!(ram.fetch_or_u32(0x10_0000, 1).is_err(), "outside RAM");
     }
 
