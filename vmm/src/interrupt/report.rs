@@ -61,17 +61,31 @@ pub(crate) fn count(reg: &Registry, g: usize, host: &HostPosting) -> GroupCounts
     c
 }
 
-/// Logs group `g`'s line if its numbers changed since the last one.
+/// Logs group `g`'s line when what it says changed: on a posting host, when the number of
+/// enabled vectors the host cannot post changes (a guest enabling vectors one by one adds
+/// postable ones without a line each); on a host that cannot post, once. Every change is
+/// logged at debug level.
 pub(crate) fn report(reg: &mut Registry, g: usize, host: &HostPosting) {
     let c = count(reg, g, host);
     let Some(group) = reg.groups.get_mut(g) else {
         return;
     };
-    let now = (c.postable, c.enabled);
-    if group.reported == Some(now) {
+    let key = if host.available {
+        (c.enabled - c.postable, 0)
+    } else {
+        (0, 0)
+    };
+    log::debug!(
+        "{}: {} of {} vectors postable, {} in KVM",
+        group.name,
+        c.postable,
+        c.enabled,
+        c.in_kvm
+    );
+    if group.reported == Some(key) {
         return;
     }
-    group.reported = Some(now);
+    group.reported = Some(key);
     if host.available {
         log::info!(
             "{}: {} of {} vectors postable",
@@ -81,11 +95,9 @@ pub(crate) fn report(reg: &mut Registry, g: usize, host: &HostPosting) {
         );
     } else {
         log::info!(
-            "{}: 0 of {} vectors postable (host cannot post: {}; {} delivered by KVM through irqfds)",
+            "{}: vectors not postable: the host cannot post ({}); enabled vectors are delivered by KVM through irqfds",
             group.name,
-            c.enabled,
-            host.reason,
-            c.in_kvm
+            host.reason
         );
     }
 }
