@@ -71,7 +71,7 @@ pub(crate) fn report(reg: &mut Registry, g: usize, host: &HostPosting) {
         return;
     };
     let key = if host.available {
-        (c.enabled - c.postable, 0)
+        (c.enabled.saturating_sub(c.postable), 0)
     } else {
         (0, 0)
     };
