@@ -11,7 +11,10 @@
 //!
 //! The `vfio-*` scenarios drive the vfio-user test device (1234:11ea) that irvmm passes
 //! through (`--device vfio-user,socket=...`); their shared parts are in `vfio_common`.
+//! `vfio-bench-irq` and `vfio-bench-mmio` time its interrupts and register accesses for the
+//! benchmarks in `benches/` (statistics in `bench_stats`).
 
+mod bench_stats;
 mod boot;
 mod fault;
 mod hostile;
@@ -29,6 +32,8 @@ mod reset;
 mod smp;
 mod triple_fault;
 mod vfio_basic;
+mod vfio_bench_irq;
+mod vfio_bench_mmio;
 mod vfio_common;
 mod vfio_die;
 mod vfio_dma;
@@ -154,6 +159,16 @@ pub static ALL: &[Scenario] = &[
         name: "vfio-die",
         summary: "the vfio-user server dies mid-run: the device's BAR0 must read all ones, the VMM carries on",
         run: vfio_die::run,
+    },
+    Scenario {
+        name: "vfio-bench-irq",
+        summary: "times passthrough MSI-X delivery: doorbell-to-handler latency (probe.iters=K) and a timer stream (probe.period_us=P probe.count=C)",
+        run: vfio_bench_irq::run,
+    },
+    Scenario {
+        name: "vfio-bench-mmio",
+        summary: "times probe.accesses=N reads and N writes of the passthrough device's SCRATCH register (BAR0 page 0)",
+        run: vfio_bench_mmio::run,
     },
     Scenario {
         name: "poweroff",
