@@ -40,7 +40,8 @@ pub struct RouterStats {
     pub invalidations: u64,
     /// Route commits and changed routes.
     pub routes: RouteStats,
-    /// Messages the VMM injected with `KVM_SIGNAL_MSI` for device vectors.
+    /// Messages the VMM injected with `KVM_SIGNAL_MSI` for device vectors (emulated
+    /// devices' vectors, and irqfd vectors the VMM delivered itself).
     pub signalled: u64,
     /// `KVM_IRQFD` bindings made and removed.
     pub irqfd_binds: u64,
@@ -339,6 +340,9 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
         let act = {
             let mut st = self.lock();
             let act = self.watched_action(&mut st, h);
+            if let Watched::Deliver(_) = act {
+                st.signalled += 1;
+            }
             if let Some(Delivery::Irqfd(v)) = st.reg.get(h).map(|s| &s.delivery) {
                 let g = v.group;
                 if let Some(c) = st.group_counters.get_mut(g) {
