@@ -13,6 +13,7 @@ Examples:
   irvmm --kernel target/guests/probe.elf --cmdline probe=boot --cpus 288,sockets=2,cores=144,threads=1
   irvmm --kernel bzImage --cpu-features -cx16,-xsave --cmdline \"console=ttyS0 noxsave\" --serial file:boot.log
   irvmm --kernel target/guests/probe.elf --cmdline probe=ir-basic --cpus 288 --iommu intel --device edu
+  irvmm --kernel vmlinux --cmdline \"console=ttyS0 iommu=pt\" --cpus 288 --iommu amd
   irvmm --kernel vmlinux --device vfio,path=/sys/bus/pci/devices/0000:01:00.0 --iommu intel --cpus 8
   irvmm --kernel target/guests/probe.elf --cmdline probe=vfio-basic --device vfio-user,socket=/tmp/dev.sock
 
@@ -66,8 +67,12 @@ pub struct Args {
     #[arg(long, value_name = "auto|xapic|x2apic", default_value = "auto", value_parser = parse_apic_mode)]
     pub apic_mode: ApicMode,
 
-    /// Guest-visible IOMMU: none, or intel (VT-d with interrupt remapping, x2APIC capable).
-    #[arg(long, value_name = "none|intel", default_value = "none", value_parser = parse_iommu)]
+    /// Guest-visible IOMMU: none; intel (VT-d with interrupt remapping, x2APIC capable); or
+    /// amd (AMD-Vi with interrupt remapping, x2APIC and guest virtual APIC capable, at
+    /// 0xfed80000 as PCI function 00:1e.0, the IOAPIC as device 00:14.0). Neither translates
+    /// DMA: under amd, a Linux that predates HATDis support (2025; Debian 12's 6.1 for one)
+    /// needs iommu=pt on its command line for devices that do DMA.
+    #[arg(long, value_name = "none|intel|amd", default_value = "none", value_parser = parse_iommu)]
     pub iommu: IommuKind,
 
     /// Add a PCI device (repeatable, placed on bus 0 in order): edu (QEMU's edu test
@@ -163,12 +168,13 @@ pub fn parse_apic_mode(s: &str) -> Result<ApicMode, String> {
     }
 }
 
-/// Parses `none` or `intel`.
+/// Parses `none`, `intel` or `amd`.
 pub fn parse_iommu(s: &str) -> Result<IommuKind, String> {
     match s {
         "none" => Ok(IommuKind::None),
         "intel" => Ok(IommuKind::Intel),
-        _ => Err(format!("'{s}' is not none or intel")),
+        "amd" => Ok(IommuKind::Amd),
+        _ => Err(format!("'{s}' is not none, intel or amd")),
     }
 }
 
@@ -273,6 +279,19 @@ mod tests {
         assert!(parse_cpus("10,sockets=3").is_err());
         assert!(parse_cpus("4,dies=2").is_err());
         assert!(parse_cpus("x").is_err());
+    }
+
+    #[test]
+    fn iommu_takes_none_intel_or_amd() {
+        assert_eq!(parse_iommu("none"), Ok(IommuKind::None));
+        assert_eq!(parse_iommu("intel"), Ok(IommuKind::Intel));
+        assert_eq!(parse_iommu("amd"), Ok(IommuKind::Amd));
+        assert!(parse_iommu("AMD").is_err());
+        assert!(parse_iommu("smmu")
+            .unwrap_err()
+            .contains("none, intel or amd"));
+        let parsed = Args::try_parse_from(["irvmm", "--kernel", "k", "--iommu", "amd"]);
+        assert_eq!(parsed.map(|a| a.iommu).ok(), Some(IommuKind::Amd));
     }
 
     #[test]

@@ -253,6 +253,7 @@ fn high_apic_ids_need_remapping_or_ext_dest() {
         "--cpus",
     );
     assert!(l.contains("--iommu intel"), "{l}");
+    assert!(l.contains("--iommu amd"), "{l}");
 }
 
 #[test]
@@ -264,7 +265,7 @@ fn unknown_device() {
 #[test]
 fn unknown_iommu() {
     let k = some_kernel();
-    refused(&["--kernel", s(&k), "--iommu", "amd"], "--iommu");
+    refused(&["--kernel", s(&k), "--iommu", "smmu"], "--iommu");
 }
 
 #[test]

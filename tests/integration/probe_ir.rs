@@ -57,6 +57,45 @@ fn ir_scenarios_fail_without_an_iommu() {
     assert_eq!(run.code(), Some(1), "{}", run.dump());
 }
 
+/// `--iommu amd`: accepted as interrupt remapping for APIC IDs above 255 (no extended
+/// destination ID), the probe's table walk finds the IVRS (and parses every table), and a
+/// VT-d scenario fails cleanly (no DMAR) instead of passing or hanging.
+#[test]
+fn amd_vi_tables_parse_and_vtd_scenarios_fail_cleanly() {
+    let test = "amd_vi_tables_parse_and_vtd_scenarios_fail_cleanly";
+    let amd = [
+        "--cpus",
+        "288",
+        "--memory",
+        "128M",
+        "--iommu",
+        "amd",
+        "--ext-dest-id",
+        "off",
+    ];
+    let run = match run_probe("boot", &amd) {
+        Ok(r) => r,
+        Err(why) => return skip(test, &why),
+    };
+    assert_probe_pass(
+        &run,
+        "boot",
+        &["tables=FACP,DSDT,APIC,MCFG,IVRS", "cpus=288"],
+    );
+    let mut with_device = amd.to_vec();
+    with_device.extend(["--device", "edu"]);
+    let run = match run_probe("ir-basic", &with_device) {
+        Ok(r) => r,
+        Err(why) => return skip(test, &why),
+    };
+    assert!(
+        run.saw("PROBE FAIL ir-basic no DMAR table"),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.dump());
+}
+
 #[test]
 fn hostile_register_garbage_then_remapping_still_works() {
     for seed in ["1", "7"] {

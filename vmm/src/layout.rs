@@ -66,6 +66,22 @@ pub const VTD_ADDR: u64 = 0xfed9_0000;
 pub const VTD_SIZE: u64 = 0x1000;
 /// The VT-d unit's maximum guest address width minus one, as CAP.MGAW and the DMAR say.
 pub const VTD_HOST_ADDRESS_WIDTH: u8 = 38;
+/// AMD-Vi unit register window base (where QEMU's amd-iommu puts it), 16 KiB aligned as
+/// the IOMMU capability's base address register requires.
+pub const AMDVI_ADDR: u64 = 0xfed8_0000;
+/// Size of the AMD-Vi register window (no performance counters, so Linux maps 16 KiB).
+pub const AMDVI_SIZE: u64 = virtual_iommu::amd::regs::AMDVI_MMIO_SIZE;
+/// Guest-physical address width the AMD-Vi unit and the IVRS report (PAsize, VAsize).
+pub const AMDVI_ADDRESS_BITS: u8 = 48;
+/// PCI device number (bus 0, function 0) of the AMD-Vi unit's own function.
+pub const AMDVI_PCI_DEVICE: u8 = 0x1e;
+/// PCI device number (bus 0, function 0) whose requester ID the IOAPIC's messages carry
+/// under AMD-Vi: 00:14.0, where Linux expects the southbridge IOAPIC (`IOAPIC_SB_DEVID`,
+/// without which it disables interrupt remapping). No function is placed there.
+pub const AMDVI_IOAPIC_PCI_DEVICE: u8 = 0x14;
+/// Bus-0 device numbers the platform keeps for itself, whatever `--iommu` says, so
+/// `--device` numbering does not depend on it: never handed to a `--device`.
+pub const RESERVED_PCI_DEVICES: [u8; 2] = [AMDVI_IOAPIC_PCI_DEVICE, AMDVI_PCI_DEVICE];
 /// Local APIC / MSI window.
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// TSS area KVM needs on Intel hosts (three pages just below 4 GiB's BIOS area).

@@ -1,10 +1,18 @@
 //! The platform's devices and buses: COM1, the userspace IOAPIC, power and reset controls,
 //! the debug-exit port, PCI (host bridge, config mechanisms, ECAM, BAR windows and the
-//! user's devices) and, with `--iommu intel`, the VT-d unit, all wired to one interrupt
+//! user's devices) and, with `--iommu intel`, the VT-d unit or, with `--iommu amd`, the
+//! AMD-Vi unit (its register window and its PCI function), all wired to one interrupt
 //! router.
+//!
+//! Under AMD-Vi the IOAPIC's messages carry requester ID 00:14.0
+//! ([`AMDVI_IOAPIC_SOURCE_ID`]), the device ID the IVRS special entry names: Linux's AMD
+//! IOMMU driver disables interrupt remapping unless some IOAPIC has that southbridge device
+//! ID (`check_ioapic_information`, `IOAPIC_SB_DEVID`). It looks for no PCI function there
+//! (only fault reports look a device ID up), so none is placed; device 0x14 is reserved all
+//! the same ([`RESERVED_PCI_DEVICES`]) so no `--device` shares the IOAPIC's interrupt table.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use devices::pci::{
     BarSpace, EduDevice, PciAddress, PciBarWindow, PciConfigAddressPort, PciConfigDataPort,
@@ -13,21 +21,96 @@ use devices::pci::{
 use devices::serial::{IoApicPinTrigger, SerialDevice};
 use devices::{AcpiPmControl, DebugExit, IoApic, ResetControl, VmExitHandler};
 use kvm_ioctls::VmFd;
+use virtual_iommu::amd::pci::ADDRESS_BITS as AMDVI_ADDRESS_BITS;
+use virtual_iommu::amd::{AmdViConfig, AmdViUnit};
 use virtual_iommu::{SourceId, VtdConfig};
 use vm_memory::GuestMemoryMmap;
 
+use crate::acpi::ivrs::IvrsConfig;
 use crate::acpi::IntxRoute;
 use crate::bus::Bus;
 use crate::interrupt::{HostPosting, InterruptRouter, IoApicPins, PciVectors, TranslationPolicy};
-use crate::iommu::{Iommu, VtdMmio};
+use crate::iommu::amd::UnremappedMsi;
+use crate::iommu::{AmdIommuFunction, AmdMmio, Iommu, VtdMmio};
 use crate::layout::*;
 use crate::passthrough::events::PassthroughEvents;
 use crate::passthrough::slots::BarMapper;
 use crate::passthrough::{AttachContext, Opened, Passthrough};
 use crate::vm::{DeviceConfig, Error, IommuKind, PciDeviceKind, VmConfig};
 
-/// The IOAPIC's requester ID: bus 0xff, device 0, function 0, as the DMAR names it.
+/// The IOAPIC's requester ID: bus 0xff, device 0, function 0, as the DMAR names it (VT-d,
+/// and without an IOMMU, where nothing checks it).
 pub const IOAPIC_SOURCE_ID: (u8, u8, u8) = (0xff, 0, 0);
+/// The IOAPIC's requester ID under AMD-Vi: 00:14.0, as the IVRS special entry names it.
+pub const AMDVI_IOAPIC_SOURCE_ID: (u8, u8, u8) = (0, AMDVI_IOAPIC_PCI_DEVICE, 0);
+/// The AMD-Vi unit's own PCI function.
+pub const AMDVI_BDF: (u8, u8, u8) = (0, AMDVI_PCI_DEVICE, 0);
+
+/// The requester ID of the IOAPIC's messages with `iommu`.
+pub fn ioapic_source_id(iommu: IommuKind) -> (u8, u8, u8) {
+    match iommu {
+        IommuKind::None | IommuKind::Intel => IOAPIC_SOURCE_ID,
+        IommuKind::Amd => AMDVI_IOAPIC_SOURCE_ID,
+    }
+}
+
+/// The features of the AMD-Vi unit (the model's defaults: XT, GA and guest virtual APIC).
+pub fn amd_vi_config() -> AmdViConfig {
+    AmdViConfig::default()
+}
+
+/// What the IVRS says about the AMD-Vi unit [`build`] places: its function, capability
+/// offset, window and extended features, the bus it covers and the IOAPIC's device ID.
+pub fn amd_ivrs_config() -> Result<IvrsConfig, Error> {
+    // The capability offset is the one the function really gets: ask a function built
+    // exactly like the platform's (its MSI sink is never used).
+    let probe = amd_iommu_function(Weak::<InterruptRouter<VmFd>>::new())?;
+    Ok(IvrsConfig {
+        iommu_bdf: AMDVI_BDF,
+        capability_offset: probe.capability_offset(),
+        register_base: AMDVI_ADDR,
+        efr: AmdViUnit::new(amd_vi_config()).extended_features(),
+        address_bits: u8::try_from(AMDVI_ADDRESS_BITS)
+            .map_err(|_| Error::Platform("AMD-Vi address width".into()))?,
+        host_translation_disabled: true,
+        bus: AMDVI_BDF.0,
+        ioapic_id: IOAPIC_ID,
+        ioapic_bdf: AMDVI_IOAPIC_SOURCE_ID,
+    })
+}
+
+/// The AMD-Vi unit's PCI function, its MSI sent through `router` unremapped.
+fn amd_iommu_function<B: crate::interrupt::InterruptBackend + 'static>(
+    router: Weak<InterruptRouter<B>>,
+) -> Result<AmdIommuFunction, Error> {
+    AmdIommuFunction::new(
+        AMDVI_ADDR,
+        AMDVI_BDF.0,
+        Arc::new(UnremappedMsi::new(router)),
+    )
+    .map_err(pci_error)
+}
+
+/// Places the AMD-Vi function on bus 0 and makes the router signal its MSI.
+fn add_amd_iommu_function<B: crate::interrupt::InterruptBackend + 'static>(
+    root: &mut PciRoot,
+    router: &Arc<InterruptRouter<B>>,
+) -> Result<(), Error> {
+    let (bus, device, function) = AMDVI_BDF;
+    let address = PciAddress::new(bus, device, function).map_err(pci_error)?;
+    let unit = Arc::new(Mutex::new(amd_iommu_function(Arc::downgrade(router))?));
+    let target = Arc::downgrade(&unit);
+    // Runs without the router's lock; the function's MSI then calls the router.
+    router.set_own_msi(Arc::new(move || {
+        if let Some(f) = target.upgrade() {
+            f.lock().unwrap_or_else(|p| p.into_inner()).signal();
+        }
+    }));
+    let shared: SharedPciFunction = unit;
+    root.add_function(address, shared).map_err(pci_error)?;
+    log::info!("PCI {address}: AMD-Vi IOMMU");
+    Ok(())
+}
 /// Vectors of the MSI-X test device.
 const EDU_MSIX_VECTORS: u32 = 256;
 /// Vectors of the MSI test device.
@@ -83,7 +166,10 @@ fn add_pci_devices(
         let dev = crate::passthrough::device_number(index).ok_or_else(|| {
             Error::usage(
                 "--device",
-                "no free PCI device slot on bus 0 (at most 31 devices)",
+                format!(
+                    "no free PCI device slot on bus 0 (at most {} devices)",
+                    usize::from(devices::pci::PCI_DEVICES_PER_BUS) - 1 - RESERVED_PCI_DEVICES.len()
+                ),
             )
         })?;
         let address = PciAddress::new(0, dev, 0).map_err(pci_error)?;
@@ -169,8 +255,9 @@ pub fn build(
     let iommu = match config.iommu {
         IommuKind::None => None,
         IommuKind::Intel => Some(Arc::new(Iommu::new(VtdConfig::default(), mem.clone()))),
+        IommuKind::Amd => Some(Arc::new(Iommu::new_amd(amd_vi_config(), mem.clone()))),
     };
-    let (b, d, f) = IOAPIC_SOURCE_ID;
+    let (b, d, f) = ioapic_source_id(config.iommu);
     let router = InterruptRouter::new(
         vm.clone(),
         policy,
@@ -206,17 +293,28 @@ pub fn build(
     )?;
     mmio.insert(IOAPIC_ADDR, IOAPIC_SIZE, ioapic.clone())?;
     if let Some(iommu) = iommu {
-        mmio.insert(
-            VTD_ADDR,
-            VTD_SIZE,
-            Arc::new(Mutex::new(VtdMmio::new(iommu, Arc::downgrade(&router)))),
-        )?;
+        let router = Arc::downgrade(&router);
+        match config.iommu {
+            IommuKind::Amd => mmio.insert(
+                AMDVI_ADDR,
+                AMDVI_SIZE,
+                Arc::new(Mutex::new(AmdMmio::new(iommu, router))),
+            )?,
+            IommuKind::Intel | IommuKind::None => mmio.insert(
+                VTD_ADDR,
+                VTD_SIZE,
+                Arc::new(Mutex::new(VtdMmio::new(iommu, router))),
+            )?,
+        }
     }
 
     let mapper = Arc::new(BarMapper::new(vm, first_slot, PciWindow::MMIO32));
     let mut passthrough = Passthrough::new(PassthroughEvents::new(ioapic.clone(), mapper.clone()));
     let mut root = PciRoot::new();
     root.set_listener(mapper.clone());
+    if config.iommu == IommuKind::Amd {
+        add_amd_iommu_function(&mut root, &router)?;
+    }
     add_pci_devices(
         &mut root,
         PciSetup {
@@ -271,3 +369,6 @@ pub fn build(
         passthrough,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -62,6 +62,9 @@ pub enum IommuKind {
     None,
     /// Intel VT-d with interrupt remapping (x2APIC mode capable).
     Intel,
+    /// AMD-Vi with interrupt remapping (x2APIC mode and guest virtual APIC capable), no DMA
+    /// translation.
+    Amd,
 }
 
 /// Emulated PCI devices the user can add.
@@ -331,7 +334,7 @@ fn preflight(config: &VmConfig, kvm: &Kvm) -> Result<bool, Error> {
     if max_id > 255 && !config.ext_dest_id && config.iommu == IommuKind::None {
         return Err(Error::usage(
             "--cpus",
-            format!("APIC IDs up to {max_id} need interrupt remapping (--iommu intel) or the extended destination ID (--ext-dest-id on) to receive device interrupts"),
+            format!("APIC IDs up to {max_id} need interrupt remapping (--iommu intel or --iommu amd) or the extended destination ID (--ext-dest-id on) to receive device interrupts"),
         ));
     }
     Ok(x2apic)
@@ -551,6 +554,9 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
                 ioapic_id: IOAPIC_ID,
                 ioapic_bdf: platform::IOAPIC_SOURCE_ID,
             }),
+            ivrs: (config.iommu == IommuKind::Amd)
+                .then(platform::amd_ivrs_config)
+                .transpose()?,
         },
         ACPI_START,
         ACPI_END,

@@ -8,8 +8,9 @@
 //! Layout: the RSDP at `base`, then the XSDT, FADT, DSDT and every other XSDT-listed table,
 //! each starting on a 16-byte boundary. Tables whose bytes do not depend on other tables'
 //! addresses (DSDT, MADT, ...) are built first; the XSDT and FADT have fixed sizes, so they are
-//! built last, once every address is known. To add a table (DMAR, MCFG, ...), build it in
-//! [`build`] and push it onto the list of XSDT-listed tables there.
+//! built last, once every address is known. To add a table, build it in [`build`] and push
+//! it onto the list of XSDT-listed tables there (MADT, then MCFG, DMAR and IVRS when
+//! configured).
 
 pub mod aml;
 pub mod dmar;
@@ -142,6 +143,8 @@ pub struct AcpiConfig {
     pub pci: Option<PciHostConfig>,
     /// The VT-d remapping unit, listed in a DMAR when present.
     pub dmar: Option<dmar::DmarConfig>,
+    /// The AMD-Vi unit, listed in an IVRS when present.
+    pub ivrs: Option<ivrs::IvrsConfig>,
 }
 
 impl Default for AcpiConfig {
@@ -160,6 +163,7 @@ impl Default for AcpiConfig {
             serial: Some((0x3f8, 4)),
             pci: None,
             dmar: None,
+            ivrs: None,
         }
     }
 }
@@ -249,13 +253,16 @@ pub fn build(cfg: &AcpiConfig, base: u64, limit: u64) -> Result<AcpiTables, Acpi
 
     // Tables with address-independent contents.
     let dsdt = dsdt::build(cfg)?;
-    // Tables listed in the XSDT after the FADT, as (signature, bytes). Add DMAR, MCFG here.
+    // Tables listed in the XSDT after the FADT, as (signature, bytes).
     let mut listed: Vec<(&[u8], Vec<u8>)> = vec![(&madt::SIGNATURE, madt::build(cfg)?)];
     if let Some(pci) = &cfg.pci {
         listed.push((&mcfg::SIGNATURE, mcfg::build(&pci.ecam)?));
     }
     if let Some(dmar) = &cfg.dmar {
         listed.push((&dmar::SIGNATURE, dmar::build(dmar)?));
+    }
+    if let Some(ivrs) = &cfg.ivrs {
+        listed.push((&ivrs::SIGNATURE, ivrs::build(ivrs)?));
     }
 
     let mut placer = Placer { next: base, limit };

@@ -72,7 +72,7 @@ fn check_consistent(t: &AcpiTables, base: u64, limit: u64) {
         assert_eq!(checksum(bytes), 0, "checksum at {addr:#x}");
     }
 
-    // XSDT -> FADT, MADT (then MCFG, DMAR when configured); FADT -> DSDT.
+    // XSDT -> FADT, MADT (then MCFG, DMAR, IVRS when configured); FADT -> DSDT.
     let xsdt = blob_at(t, u64_at(rsdp, 24));
     assert_eq!(&xsdt[..4], b"XSDT");
     let sigs: Vec<[u8; 4]> = xsdt[36..]
@@ -89,6 +89,9 @@ fn check_consistent(t: &AcpiTables, base: u64, limit: u64) {
     }
     if t.blobs.iter().any(|(_, b)| b.starts_with(b"DMAR")) {
         expected.push(*b"DMAR");
+    }
+    if t.blobs.iter().any(|(_, b)| b.starts_with(b"IVRS")) {
+        expected.push(*b"IVRS");
     }
     assert_eq!(sigs, expected);
     let fadt = table(t, b"FACP");
@@ -416,4 +419,75 @@ fn iasl_disassembles_dmar_mcfg_and_pci_host() {
     let mcfg = squash(&iasl_disassemble(&dir.0, "mcfg", table(&t, b"MCFG")));
     assert!(mcfg.contains("Base Address : 00000000B0000000"), "{mcfg}");
     assert!(mcfg.contains("End Bus Number : FF"), "{mcfg}");
+}
+
+/// The table set `--iommu amd` emits (the platform's own IVRS configuration): an IVRS
+/// instead of the DMAR, naming the unit's function, window and EFR, and an IOAPIC special
+/// entry whose handle is the MADT's IOAPIC ID and whose device ID is 00:14.0.
+#[test]
+fn iasl_disassembles_the_amd_vi_table_set() {
+    let mut c = cfg(288);
+    c.pci = Some(super::PciHostConfig {
+        ecam: super::mcfg::EcamConfig {
+            base: 0xb000_0000,
+            start_bus: 0,
+            end_bus: 0xff,
+        },
+        mmio32_base: 0xc000_0000,
+        mmio32_size: 0x3e00_0000,
+        intx_routes: Vec::new(),
+    });
+    let ivrs_cfg = crate::platform::amd_ivrs_config().unwrap();
+    c.ivrs = Some(ivrs_cfg);
+    let t = build(&c, BASE, LIMIT).unwrap();
+    check_consistent(&t, BASE, LIMIT);
+    assert!(
+        !t.blobs.iter().any(|(_, b)| &b[..4] == b"DMAR"),
+        "no DMAR under AMD-Vi"
+    );
+    // The special entry's handle is the MADT's IOAPIC ID (MADT type 1: ID at +2).
+    let madt = table(&t, b"APIC");
+    let mut off = 44;
+    let mut ioapic_ids = Vec::new();
+    while off + 2 <= madt.len() {
+        let (kind, len) = (madt[off], usize::from(madt[off + 1]));
+        if kind == 1 {
+            ioapic_ids.push(madt[off + 2]);
+        }
+        off += len.max(2);
+    }
+    assert_eq!(ioapic_ids, vec![ivrs_cfg.ioapic_id]);
+    let ivrs = table(&t, b"IVRS");
+    assert_eq!(
+        &ivrs[ivrs.len() - 8..],
+        &[0x48, 0, 0, 0, 0, 0xa0, 0x00, 0x01]
+    );
+
+    if !iasl_available() {
+        return;
+    }
+    let dir = ScratchDir::new("ivrs");
+    let xsdt = iasl_disassemble(&dir.0, "xsdt", table(&t, b"XSDT"));
+    assert_eq!(xsdt.matches("ACPI Table Address").count(), 4, "{xsdt}");
+    let dsl = squash(&iasl_disassemble(&dir.0, "ivrs", ivrs));
+    for field in [
+        "Signature : \"IVRS\"",
+        "Subtable Type : 11",
+        "Attributes : 00000001",
+        "DeviceId : 00F0",
+        "Capability Offset : 0040",
+        "Base Address : 00000000FED80000",
+        "EFR Image : 00000000002000C4",
+        "Entry Type : 03",
+        "Entry Type : 04",
+        "Entry Type : 48",
+        "Handle : 00",
+        "Source Used Device ID : 00A0",
+        "Variety : 01",
+    ] {
+        assert!(dsl.contains(field), "{field:?} missing:\n{dsl}");
+    }
+    let madt = squash(&iasl_disassemble(&dir.0, "apic", table(&t, b"APIC")));
+    assert!(madt.contains("I/O Apic ID : 00"), "{madt}");
+    iasl_disassemble(&dir.0, "mcfg", table(&t, b"MCFG"));
 }

@@ -1,6 +1,7 @@
 //! An IOMMU's register window on the MMIO bus (VT-d's 4 KiB page, AMD-Vi's 16 KiB window).
 //! Effects are applied before the writing vCPU resumes, so a guest polling a wait
 //! descriptor's status or a COMPLETION_WAIT store sees the routes already updated.
+//! Changes of the guest's remapping mode are logged at info level.
 
 use std::sync::{Arc, Weak};
 
@@ -28,7 +29,15 @@ impl<B: InterruptBackend + 'static> BusDevice for IommuMmio<B> {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        let before = self.iommu.remap_mode();
         let effects = self.iommu.mmio_write(offset, data);
+        let after = self.iommu.remap_mode();
+        if after != before && (after.enabled || before.enabled) {
+            log::info!(
+                "{}: guest set interrupt remapping {after}",
+                self.iommu.name()
+            );
+        }
         if effects.is_empty() {
             return;
         }

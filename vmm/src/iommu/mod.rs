@@ -183,6 +183,37 @@ impl From<amdvi::Effects> for IommuEffects {
     }
 }
 
+/// How the guest has set interrupt remapping up (for logs and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemapMode {
+    /// Remapping is on (VT-d GSTS.IRES, AMD-Vi `IommuEn`).
+    pub enabled: bool,
+    /// 32-bit x2APIC destinations (VT-d IRTA.EIME, AMD-Vi `XTEn`).
+    pub x2apic: bool,
+    /// AMD-Vi: 128-bit IRTEs (`GAEn`); VT-d's are always 128 bits.
+    pub irte_128: bool,
+    /// AMD-Vi: guest virtual APIC mode (`GAMEn`): guest-mode IRTEs may post.
+    pub guest_apic: bool,
+}
+
+impl std::fmt::Display for RemapMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.enabled {
+            return write!(f, "off");
+        }
+        write!(
+            f,
+            "on, {}-bit IRTEs, {} destinations",
+            if self.irte_128 { 128 } else { 32 },
+            if self.x2apic { "x2APIC" } else { "xAPIC" }
+        )?;
+        if self.guest_apic {
+            write!(f, ", guest virtual APIC")?;
+        }
+        Ok(())
+    }
+}
+
 /// The unit.
 enum Unit {
     Vtd(VtdUnit),
@@ -250,6 +281,35 @@ impl Iommu {
         match &*self.unit() {
             Unit::Vtd(u) => u.remapping_enabled(),
             Unit::Amd(u) => u.remapping_enabled(),
+        }
+    }
+
+    /// How the guest has interrupt remapping set up now.
+    pub fn remap_mode(&self) -> RemapMode {
+        match &*self.unit() {
+            Unit::Vtd(u) => RemapMode {
+                enabled: u.remapping_enabled(),
+                x2apic: u.ir_table().is_some_and(|t| t.eime),
+                irte_128: true,
+                guest_apic: false,
+            },
+            Unit::Amd(u) => {
+                let mode = u.remap_settings().mode;
+                RemapMode {
+                    enabled: u.remapping_enabled(),
+                    x2apic: mode.xt,
+                    irte_128: mode.ga,
+                    guest_apic: mode.guest_apic,
+                }
+            }
+        }
+    }
+
+    /// The unit's name in logs.
+    pub fn name(&self) -> &'static str {
+        match &*self.unit() {
+            Unit::Vtd(_) => "VT-d",
+            Unit::Amd(_) => "AMD-Vi",
         }
     }
 
@@ -351,5 +411,28 @@ mod tests {
         .into();
         assert_eq!(vtd.covers, Covers::Irte(vec![(4, 2)]));
         assert!(IommuEffects::default().is_empty());
+    }
+
+    #[test]
+    fn remap_mode_follows_the_amd_control_register() {
+        use virtual_iommu::amd::regs::{
+            CONTROL_REG, CTRL_GAM_SHIFT, CTRL_GAM_VAPIC, CTRL_GA_EN, CTRL_IOMMU_EN, CTRL_XT_EN,
+        };
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let iommu = Iommu::new_amd(AmdViConfig::default(), mem);
+        assert_eq!(iommu.name(), "AMD-Vi");
+        assert_eq!(iommu.remap_mode(), RemapMode::default());
+        assert_eq!(iommu.remap_mode().to_string(), "off");
+        let legacy = CTRL_IOMMU_EN;
+        iommu.mmio_write(CONTROL_REG, &legacy.to_le_bytes());
+        let m = iommu.remap_mode();
+        assert!(m.enabled && !m.x2apic && !m.irte_128 && !m.guest_apic);
+        assert_eq!(m.to_string(), "on, 32-bit IRTEs, xAPIC destinations");
+        let full = legacy | CTRL_GA_EN | CTRL_XT_EN | (CTRL_GAM_VAPIC << CTRL_GAM_SHIFT);
+        iommu.mmio_write(CONTROL_REG, &full.to_le_bytes());
+        assert_eq!(
+            iommu.remap_mode().to_string(),
+            "on, 128-bit IRTEs, x2APIC destinations, guest virtual APIC"
+        );
     }
 }

@@ -102,11 +102,14 @@ pub fn open_all(configs: &[&PassthroughConfig]) -> Result<Vec<Opened>, Error> {
     Ok(out)
 }
 
-/// The PCI device number of the `index`-th `--device` (the host bridge is device 0).
+/// The PCI device number of the `index`-th `--device`: 1, 2, ... in order (the host bridge
+/// is device 0), skipping the numbers the platform reserves
+/// ([`crate::layout::RESERVED_PCI_DEVICES`]: the AMD-Vi function and its IOAPIC's requester
+/// ID).
 pub fn device_number(index: usize) -> Option<u8> {
-    u8::try_from(index + 1)
-        .ok()
-        .filter(|d| *d < devices::pci::PCI_DEVICES_PER_BUS)
+    (1..devices::pci::PCI_DEVICES_PER_BUS)
+        .filter(|d| !crate::layout::RESERVED_PCI_DEVICES.contains(d))
+        .nth(index)
 }
 
 /// The IOAPIC inputs passed-through devices' INTx pins get, in `--device` order: one of
