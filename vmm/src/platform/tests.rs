@@ -11,9 +11,10 @@ use kvm_bindings::kvm_irq_routing_entry;
 use virtual_iommu::amd::cmd::CMD_COMPLETION_WAIT;
 use virtual_iommu::amd::pci::{AMDVI_CLASS_CODE, AMD_VENDOR_ID, CAP_ID_SECURE_DEVICE};
 use virtual_iommu::amd::regs::{
-    CMD_BUF_BASE_REG, CMD_TAIL_REG, CONTROL_REG, CTRL_CMDBUF_EN, CTRL_COMWAIT_INT_EN,
-    CTRL_IOMMU_EN, EFR_GA_SUP, EFR_XT_SUP,
+    CMD_BUF_BASE_REG, CMD_TAIL_REG, CONTROL_REG, CTRL_CMDBUF_EN, CTRL_COMWAIT_INT_EN, CTRL_GA_EN,
+    CTRL_IOMMU_EN, CTRL_XT_EN, DEV_TAB_BASE_REG, EFR_GA_SUP, EFR_XT_SUP,
 };
+use virtual_iommu::amd::{dte, irte};
 use virtual_iommu::{MsiMessage, SourceId};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -26,14 +27,27 @@ use crate::interrupt::{IrqLine, IrqfdBackend, MsiSignal, RoutingBackend};
 /// Linux's `IOAPIC_SB_DEVID` (drivers/iommu/amd/init.c): 00:14.0.
 const LINUX_IOAPIC_SB_DEVID: u16 = 0x00a0;
 
-/// Records the MSIs the router signals.
+/// Records the MSIs the router signals and the last route table it commits.
 #[derive(Default)]
 struct Recorder {
     msis: Mutex<Vec<MsiMessage>>,
+    /// gsi -> (address_lo, address_hi, data).
+    routes: Mutex<Vec<(u32, (u32, u32, u32))>>,
 }
 
 impl RoutingBackend for Recorder {
-    fn set_routes(&self, _entries: &[kvm_irq_routing_entry]) -> Result<(), RouteError> {
+    fn set_routes(&self, entries: &[kvm_irq_routing_entry]) -> Result<(), RouteError> {
+        // SAFETY: the router only builds MSI entries, so `msi` is the live union member.
+        let table = entries
+            .iter()
+            .map(|e| unsafe {
+                (
+                    e.gsi,
+                    (e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data),
+                )
+            })
+            .collect();
+        *self.routes.lock().unwrap() = table;
         Ok(())
     }
 }
@@ -230,4 +244,51 @@ fn completion_wait_interrupt_signals_the_function_msi() {
     assert_eq!(sent.len(), 1, "{sent:x?}");
     assert_eq!(sent[0].data & 0xff, 0x41);
     assert_eq!((sent[0].address_lo >> 12) & 0xff, 1);
+}
+
+/// An IOAPIC pin under AMD-Vi is remapped through the interrupt table of device 00:14.0, the
+/// device ID the IVRS special entry gives the IOAPIC (128-bit IRTE, x2APIC destination 287,
+/// IRTE index in the RTE's vector field as Linux programs it).
+#[test]
+fn ioapic_pins_are_remapped_through_the_device_table_entry_of_00_14_0() {
+    let (kvm, iommu, router, mem) = router_with_amd_unit();
+    const DEV_TAB: u64 = 0x1_0000;
+    const IRT: u64 = 0x2_0000;
+    const PIN: u8 = 4;
+    let ioapic_devid = u64::from(device_id(ioapic_source_id(IommuKind::Amd)));
+    // Two 4 KiB pages of device table (size field 1) reach device ID 0xa0.
+    let dte_addr = DEV_TAB + ioapic_devid * dte::DTE_SIZE as u64;
+    mem.write_slice(
+        &dte::build::remapped(1, IRT, 9).to_bytes(),
+        GuestAddress(dte_addr),
+    )
+    .unwrap();
+    let entry = irte::build::remapped(0x55, 287, false).to_bytes();
+    let irte_addr = IRT + u64::from(PIN) * irte::IRTE128_SIZE as u64;
+    mem.write_slice(&entry, GuestAddress(irte_addr)).unwrap();
+
+    let mut window = AmdMmio::new(iommu, Arc::downgrade(&router));
+    window.write(DEV_TAB_BASE_REG, &(DEV_TAB | 1).to_le_bytes());
+    let control = CTRL_IOMMU_EN | CTRL_GA_EN | CTRL_XT_EN;
+    window.write(CONTROL_REG, &control.to_le_bytes());
+
+    let pins = Arc::new(IoApicPins::new(router.clone()));
+    let mut ioapic = IoApic::new(IOAPIC_ID, pins);
+    let rte_low = 0x10 + 2 * u32::from(PIN);
+    for (reg, value) in [(rte_low + 1, 0u32), (rte_low, u32::from(PIN))] {
+        ioapic.write(devices::ioapic::IOAPIC_IOREGSEL_OFFSET, &reg.to_le_bytes());
+        ioapic.write(devices::ioapic::IOAPIC_IOWIN_OFFSET, &value.to_le_bytes());
+    }
+    // Pin routes are staged and committed when the pin fires.
+    ioapic.set_irq_level(usize::from(PIN), true);
+    let routes = kvm.routes.lock().unwrap().clone();
+    let route = routes
+        .iter()
+        .find(|(gsi, _)| *gsi == u32::from(PIN))
+        .map(|(_, r)| *r)
+        .unwrap_or_else(|| panic!("no route for pin {PIN}: {routes:x?}"));
+    let (address_lo, address_hi, data) = route;
+    assert_eq!(data & 0xff, 0x55, "{route:x?}");
+    let dest = (address_hi & 0xffff_ff00) | ((address_lo >> 12) & 0xff);
+    assert_eq!(dest, 287, "{route:x?}");
 }
