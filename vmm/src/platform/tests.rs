@@ -27,12 +27,15 @@ use crate::interrupt::{IrqLine, IrqfdBackend, MsiSignal, RoutingBackend};
 /// Linux's `IOAPIC_SB_DEVID` (drivers/iommu/amd/init.c): 00:14.0.
 const LINUX_IOAPIC_SB_DEVID: u16 = 0x00a0;
 
+/// A committed route: (address_lo, address_hi, data).
+type Route = (u32, u32, u32);
+
 /// Records the MSIs the router signals and the last route table it commits.
 #[derive(Default)]
 struct Recorder {
     msis: Mutex<Vec<MsiMessage>>,
-    /// gsi -> (address_lo, address_hi, data).
-    routes: Mutex<Vec<(u32, (u32, u32, u32))>>,
+    /// (gsi, route) pairs.
+    routes: Mutex<Vec<(u32, Route)>>,
 }
 
 impl RoutingBackend for Recorder {
