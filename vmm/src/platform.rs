@@ -111,6 +111,7 @@ fn add_amd_iommu_function<B: crate::interrupt::InterruptBackend + 'static>(
     log::info!("PCI {address}: AMD-Vi IOMMU");
     Ok(())
 }
+
 /// Vectors of the MSI-X test device.
 const EDU_MSIX_VECTORS: u32 = 256;
 /// Vectors of the MSI test device.
