@@ -29,7 +29,9 @@ use vm_memory::GuestMemoryMmap;
 use crate::acpi::ivrs::IvrsConfig;
 use crate::acpi::IntxRoute;
 use crate::bus::Bus;
-use crate::interrupt::{HostPosting, InterruptRouter, IoApicPins, PciVectors, TranslationPolicy};
+use crate::interrupt::{
+    DeviceVectors, HostPosting, InterruptRouter, IoApicPins, TranslationPolicy,
+};
 use crate::iommu::amd::UnremappedMsi;
 use crate::iommu::{AmdIommuFunction, AmdMmio, Iommu, VtdMmio};
 use crate::layout::*;
@@ -198,7 +200,7 @@ fn add_pci_devices(
             PciDeviceKind::EduMsix => EDU_MSIX_VECTORS,
         };
         let sink = Arc::new(
-            PciVectors::new(setup.router.clone(), address.source_id(), vectors)
+            DeviceVectors::emulated(setup.router.clone(), address.source_id(), vectors)
                 .map_err(|e| Error::usage("--device", e.to_string()))?,
         );
         let function: SharedPciFunction = match kind {

@@ -40,114 +40,76 @@ impl<B: InterruptBackend + 'static> IoApicSink for IoApicPins<B> {
     }
 }
 
-/// An emulated PCI function's vectors, delivered by the VMM with `KVM_SIGNAL_MSI`:
-/// vector `i` is source `handles.start + i`.
-pub struct PciVectors<B: InterruptBackend + 'static> {
-    router: Arc<InterruptRouter<B>>,
-    sid: SourceId,
-    handles: Range<u32>,
-}
-
-impl<B: InterruptBackend + 'static> PciVectors<B> {
-    /// Adds `count` vectors for the function with requester ID `sid`.
-    pub fn new(
-        router: Arc<InterruptRouter<B>>,
-        sid: SourceId,
-        count: u32,
-    ) -> Result<Self, super::RouterError> {
-        let handles = router.add_signal_vectors(sid, count)?;
-        Ok(PciVectors {
-            router,
-            sid,
-            handles,
-        })
-    }
-
-    fn handle(&self, index: u16) -> Option<IrqHandle> {
-        let h = self.handles.start.checked_add(u32::from(index))?;
-        self.handles.contains(&h).then_some(IrqHandle(h))
-    }
-
-    /// The handle of vector `index`.
-    pub fn vector_handle(&self, index: u16) -> Option<IrqHandle> {
-        self.handle(index)
-    }
-}
-
-impl<B: InterruptBackend + 'static> MsiSink for PciVectors<B> {
-    fn set_vector_route(&self, index: u16, msg: Option<MsiMessage>) {
-        self.set_vector_routes(&[(index, msg)]);
-    }
-
-    fn set_vector_routes(&self, routes: &[(u16, Option<MsiMessage>)]) {
-        let changes: Vec<_> = routes
-            .iter()
-            .filter_map(|&(i, m)| self.handle(i).map(|h| (h, m)))
-            .collect();
-        if let Err(e) = self.router.set_sources(&changes) {
-            log::error!("PCI {:04x}: vector update failed: {e}", self.sid.0);
-        }
-    }
-
-    fn trigger_vector(&self, index: u16) {
-        if let Some(h) = self.handle(index) {
-            self.router.trigger(h);
-        }
-    }
-}
-
-/// A device's vectors signalled through eventfds (passthrough, virtio), delivered by KVM
-/// through irqfds: vector `i` is source `handles.start + i`. Masks reach the router, which
-/// takes masked vectors away from KVM.
-pub struct IrqfdVectors<B: InterruptBackend + 'static> {
+/// A PCI function's vectors as one range of router sources: vector `i` is source
+/// `handles.start + i`. Emulated functions' vectors are VMM-signalled
+/// ([`DeviceVectors::emulated`]); passthrough and virtio vectors are irqfd vectors
+/// ([`DeviceVectors::irqfd`]), whose masks also reach the router, which takes masked
+/// vectors away from KVM (for VMM-signalled vectors the capability keeps pending bits
+/// itself and the router ignores masks).
+pub struct DeviceVectors<B: InterruptBackend + 'static> {
     router: Arc<InterruptRouter<B>>,
     name: String,
     handles: Range<u32>,
 }
 
-impl<B: InterruptBackend + 'static> IrqfdVectors<B> {
-    /// The vectors `handles` (from [`InterruptRouter::add_irqfd_vectors`]) of device `name`.
-    pub fn new(router: Arc<InterruptRouter<B>>, name: &str, handles: Range<u32>) -> Self {
-        IrqfdVectors {
+impl<B: InterruptBackend + 'static> DeviceVectors<B> {
+    /// Adds `count` VMM-signalled vectors for the emulated function with requester ID `sid`.
+    pub fn emulated(
+        router: Arc<InterruptRouter<B>>,
+        sid: SourceId,
+        count: u32,
+    ) -> Result<Self, super::RouterError> {
+        let handles = router.add_signal_vectors(sid, count)?;
+        Ok(DeviceVectors {
+            router,
+            name: format!("PCI {:04x}", sid.0),
+            handles,
+        })
+    }
+
+    /// The irqfd vectors `handles` (from [`InterruptRouter::add_irqfd_vectors`]) of device
+    /// `name`.
+    pub fn irqfd(router: Arc<InterruptRouter<B>>, name: &str, handles: Range<u32>) -> Self {
+        DeviceVectors {
             router,
             name: name.to_string(),
             handles,
         }
     }
 
-    fn handle(&self, index: u16) -> Option<IrqHandle> {
+    /// The handle of vector `index`.
+    pub fn vector_handle(&self, index: u16) -> Option<IrqHandle> {
         let h = self.handles.start.checked_add(u32::from(index))?;
         self.handles.contains(&h).then_some(IrqHandle(h))
     }
+
+    fn handles_of<T: Copy>(&self, changes: &[(u16, T)]) -> Vec<(IrqHandle, T)> {
+        changes
+            .iter()
+            .filter_map(|&(i, v)| self.vector_handle(i).map(|h| (h, v)))
+            .collect()
+    }
 }
 
-impl<B: InterruptBackend + 'static> MsiSink for IrqfdVectors<B> {
+impl<B: InterruptBackend + 'static> MsiSink for DeviceVectors<B> {
     fn set_vector_route(&self, index: u16, msg: Option<MsiMessage>) {
         self.set_vector_routes(&[(index, msg)]);
     }
 
     fn set_vector_routes(&self, routes: &[(u16, Option<MsiMessage>)]) {
-        let changes: Vec<_> = routes
-            .iter()
-            .filter_map(|&(i, m)| self.handle(i).map(|h| (h, m)))
-            .collect();
-        if let Err(e) = self.router.set_sources(&changes) {
+        if let Err(e) = self.router.set_sources(&self.handles_of(routes)) {
             log::error!("{}: vector update failed: {e}", self.name);
         }
     }
 
     fn trigger_vector(&self, index: u16) {
-        if let Some(h) = self.handle(index) {
+        if let Some(h) = self.vector_handle(index) {
             self.router.trigger(h);
         }
     }
 
     fn set_vectors_masked(&self, changes: &[(u16, bool)]) {
-        let changes: Vec<_> = changes
-            .iter()
-            .filter_map(|&(i, m)| self.handle(i).map(|h| (h, m)))
-            .collect();
-        if let Err(e) = self.router.set_masked(&changes) {
+        if let Err(e) = self.router.set_masked(&self.handles_of(changes)) {
             log::error!("{}: mask update failed: {e}", self.name);
         }
     }

@@ -32,7 +32,7 @@
 //! [`policy`] (translation and postability), [`registry`] (sources and indexes),
 //! [`router`] (the [`InterruptRouter`]), [`routes`] (the staged GSI table), [`watcher`]
 //! (the VMM's epoll over detached eventfds), [`report`] (postable counts per device),
-//! [`kvm`] (what is asked of KVM), [`adapters`] (IOAPIC pins and emulated PCI vectors).
+//! [`kvm`] (what is asked of KVM), [`adapters`] (IOAPIC pins and PCI functions' vectors).
 
 pub mod adapters;
 pub mod kvm;
@@ -43,7 +43,7 @@ pub mod router;
 pub mod routes;
 pub(crate) mod watcher;
 
-pub use adapters::{IoApicPins, IrqfdVectors, PciVectors};
+pub use adapters::{DeviceVectors, IoApicPins};
 pub use kvm::{InterruptBackend, IrqLine, IrqfdBackend, MsiSignal, RoutingBackend};
 pub use policy::{translate, TranslationPolicy};
 pub use registry::{IrqHandle, IrqfdMode, VectorOwner, MAX_GSI};

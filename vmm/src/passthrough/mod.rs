@@ -22,7 +22,7 @@ use virtual_iommu::MsiMessage;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::acpi::IntxRoute;
-use crate::interrupt::{InterruptRouter, IrqfdMode, IrqfdVectors, VectorOwner};
+use crate::interrupt::{DeviceVectors, InterruptRouter, IrqfdMode, VectorOwner};
 use crate::vm::Error;
 use events::PassthroughEvents;
 use slots::{BarMapper, SlotArea};
@@ -282,7 +282,7 @@ impl Passthrough {
                 .map_err(|e| Error::usage("--device", format!("{name}: {e}")))?;
             owners.push(owner);
             Ok(Some(VectorSet {
-                sink: Arc::new(IrqfdVectors::new(ctx.router.clone(), &label, handles)),
+                sink: Arc::new(DeviceVectors::irqfd(ctx.router.clone(), &label, handles)),
                 fds,
             }))
         };
