@@ -24,6 +24,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 
 targets="${FUZZ_TARGETS:-vtd_mmio remap_decode ioapic_mmio pci_config kernel_load vfio_user_client vfio_function amd_mmio}"
+[ -n "${FUZZ_TARGETS:-}" ] || targets="$targets vtd_posting"
 jobs="${FUZZ_JOBS:-1}"
 read -r -a build_flags <<<"${FUZZ_BUILD_FLAGS:---release --debug-assertions}"
 

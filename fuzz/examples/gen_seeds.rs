@@ -949,4 +949,8 @@ fn main() {
         irvmm_fuzz::vfio_function::run(&bytes);
         write_seed(&corpus.join("vfio_function"), name, &bytes);
     }
+    for (name, bytes) in irvmm_fuzz::vtd_posting::seeds() {
+        irvmm_fuzz::vtd_posting::run(&bytes);
+        write_seed(&corpus.join("vtd_posting"), name, &bytes);
+    }
 }

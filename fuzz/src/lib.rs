@@ -11,6 +11,9 @@
 //!   small fake guest memory.
 //! * [`remap_decode`]: interrupt-remapping decode (IRTEs, remappable and IOAPIC-derived
 //!   messages, source-id checks) through `VtdUnit::translate`.
+//! * [`vtd_posting`]: VT-d posted-format IRTEs and interrupt posting into
+//!   posted-interrupt descriptors (PIR, ON, SN, URG, notification, faults 0x27/0x28)
+//!   against fuzzer-shaped guest memory.
 //! * [`ioapic_mmio`]: the userspace IOAPIC's register window and pin logic.
 //! * [`pci_config`]: PCI configuration mechanism #1, ECAM, MSI, MSI-X and BAR windows.
 //! * [`kernel_load`]: kernel image detection and loading (PVH ELF and bzImage).
@@ -39,6 +42,7 @@ pub mod remap_decode;
 pub mod vfio_function;
 pub mod vfio_user_client;
 pub mod vtd_mmio;
+pub mod vtd_posting;
 
 pub use encode::Encode;
 pub use fake_mem::FakeMem;

@@ -16,6 +16,9 @@
 //!   32-bit address in the window: anything else is a memory write, not an interrupt);
 //! * a `Blocked` fault names the requester, carries the request's index when the request
 //!   was remappable, and is suppressed only for qualified reasons;
+//! * a `Posted` translation (CAP.PI is on) names a present posted-format IRTE inside the
+//!   table, its vector and 64-byte aligned descriptor, and a requester the entry accepts
+//!   (posting itself is the `vtd_posting` harness's);
 //! * translation is pure: the same request translates the same way twice, reads at most
 //!   one IRTE and writes nothing; an IRTE read outside RAM is fault 0x23.
 
@@ -79,6 +82,7 @@ impl Harness {
         let mut unit = VtdUnit::new(VtdConfig {
             extended_interrupt_mode: setup.eim,
             fault_records: 8,
+            ..VtdConfig::default()
         });
         let mem = FakeMem::new();
         let mut irta = (u64::from(setup.page) << 12) | (u64::from(setup.size) & IRTA_S_MASK);
@@ -163,6 +167,28 @@ impl Harness {
                 assert_eq!(u64::from(message.vector()), (irte.low >> 16) & 0xff);
                 assert_eq!(message.is_level(), irte.low & (1 << 4) != 0);
                 assert_eq!(message.data >> 16, 0);
+            }
+            Translation::Posted(p) => {
+                // CAP.PI is on (the default): a posted-format entry is no route; its
+                // descriptor is neither read nor written by a translation.
+                assert!(
+                    p.index < self.entries,
+                    "index {} of {}",
+                    p.index,
+                    self.entries
+                );
+                assert_eq!(Some(p.index), request_index(&msg));
+                assert_eq!(p.source_id, source);
+                assert_eq!(p.x2apic, self.eime);
+                let irte = self
+                    .irte(p.index)
+                    .expect("posted through an unreadable IRTE");
+                assert!(irte.is_present() && irte.is_posted(), "{irte:x?}");
+                assert_eq!(p.entry.vector, irte.posted().vector);
+                assert_eq!(p.entry.descriptor_address, irte.posted().descriptor_address);
+                assert_eq!(p.entry.descriptor_address % 64, 0);
+                assert!(p.entry.source_validation.allows(source));
+                assert_eq!(t.message(), None);
             }
             Translation::Passthrough(m) => {
                 assert_eq!(m, msg, "passthrough changed the message");

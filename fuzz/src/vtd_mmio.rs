@@ -155,6 +155,7 @@ impl Harness {
             unit: VtdUnit::new(VtdConfig {
                 extended_interrupt_mode: setup.eim,
                 fault_records: usize::from(setup.fault_records),
+                ..VtdConfig::default()
             }),
             mem: FakeMem::new(),
         }

@@ -32,7 +32,8 @@ pub enum MemError {
 /// vm-memory's `GuestMemoryMmap` already does. The name reflects its main use (reading
 /// tables); it also carries the few writes hardware performs (the status word of an
 /// invalidation-wait descriptor, AMD-Vi event and GA log entries, and the IRR bit of a
-/// posted guest-mode interrupt through [`GuestMemoryReader::fetch_or_u32`]).
+/// posted guest-mode interrupt through [`GuestMemoryReader::fetch_or_u32`]; VT-d posting
+/// also uses [`GuestMemoryReader::compare_exchange_u64`] on a descriptor's control qword).
 pub trait GuestMemoryReader {
     /// Fills `buf` from guest-physical address `gpa`. Must fail, not wrap or truncate,
     /// when any byte of the range is outside guest RAM.
@@ -58,5 +59,33 @@ pub trait GuestMemoryReader {
         let old = u32::from_le_bytes(bytes);
         self.write(gpa, &(old | mask).to_le_bytes())?;
         Ok(old)
+    }
+
+    /// Replaces the little-endian qword at `gpa` with `new` if it holds `current`.
+    /// Returns `Ok(Ok(current))` when it was replaced and `Ok(Err(actual))`, writing
+    /// nothing, when it held `actual` instead.
+    ///
+    /// This is how a VT-d unit updates the control qword of a posted-interrupt descriptor
+    /// (ON, SN, NV, NDST), which a guest hypervisor changes with `lock cmpxchg` and
+    /// `lock bts`/`btr` while the unit posts. **The VMM must implement this as one atomic
+    /// compare-exchange** (`lock cmpxchg` / `AtomicU64::compare_exchange` on the mapped
+    /// qword, which `gpa` being 8-byte aligned makes possible). The default implementation
+    /// is a plain read, compare and write: correct only when nothing else touches guest
+    /// memory meanwhile (tests, fuzzing). Must fail, changing nothing, when any byte of the
+    /// qword is outside guest RAM.
+    fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        let mut bytes = [0u8; 8];
+        self.read(gpa, &mut bytes)?;
+        let actual = u64::from_le_bytes(bytes);
+        if actual != current {
+            return Ok(Err(actual));
+        }
+        self.write(gpa, &new.to_le_bytes())?;
+        Ok(Ok(actual))
     }
 }

@@ -14,8 +14,8 @@
 //!   record's last dword); PPF is the OR of all F bits.
 //!
 //! Faults whose reason is *qualified* (not-present entry, reserved IRTE bits, source-id
-//! mismatch: those detected after the IRTE was read) are not recorded when the IRTE has
-//! FPD (fault processing disable) set.
+//! mismatch, and the posted-interrupt descriptor faults: those detected after the IRTE
+//! was read) are not recorded when the IRTE has FPD (fault processing disable) set.
 
 use std::fmt;
 
@@ -44,12 +44,17 @@ pub enum FaultReason {
     /// 0x23: the IRTE could not be read (table pointer not set, or not in guest RAM).
     TableReadFailed = 0x23,
     /// 0x24: reserved bits or a reserved encoding in a present IRTE (also: a posted-format
-    /// IRTE, which this unit does not support).
+    /// IRTE on a unit configured without CAP.PI).
     EntryReserved = 0x24,
     /// 0x25: a compatibility-format request while such requests are blocked.
     CompatibilityBlocked = 0x25,
     /// 0x26: the request's source-id fails the IRTE's source validation.
     SourceIdMismatch = 0x26,
+    /// 0x27: the posted-interrupt descriptor a posted-format IRTE names could not be
+    /// accessed (not in guest RAM).
+    DescriptorAccessFailed = 0x27,
+    /// 0x28: reserved fields set in the posted-interrupt descriptor's control bits.
+    DescriptorReserved = 0x28,
 }
 
 impl FaultReason {
@@ -66,6 +71,8 @@ impl FaultReason {
             FaultReason::EntryNotPresent
                 | FaultReason::EntryReserved
                 | FaultReason::SourceIdMismatch
+                | FaultReason::DescriptorAccessFailed
+                | FaultReason::DescriptorReserved
         )
     }
 
@@ -78,6 +85,10 @@ impl FaultReason {
             FaultReason::EntryReserved => "reserved fields set in the IRTE",
             FaultReason::CompatibilityBlocked => "compatibility-format interrupt blocked",
             FaultReason::SourceIdMismatch => "source-id verification failed",
+            FaultReason::DescriptorAccessFailed => "posted-interrupt descriptor not accessible",
+            FaultReason::DescriptorReserved => {
+                "reserved fields set in the posted-interrupt descriptor"
+            }
         }
     }
 }

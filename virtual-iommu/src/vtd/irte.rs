@@ -21,8 +21,26 @@
 //! | 83:82   | SVT, source validation type |
 //! | 127:84  | reserved |
 //!
-//! The posted format (IM = 1) is decoded for diagnostics but always rejected with fault
-//! 0x24: this unit does not report CAP.PI, so IM is a reserved bit to it.
+//! In posted format (IM = 1, meaningful only on a unit reporting CAP.PI):
+//!
+//! | bits    | field |
+//! |---------|-------|
+//! | 0       | P, present |
+//! | 1       | FPD, fault processing disable |
+//! | 7:2     | reserved |
+//! | 11:8    | AVAIL, ignored |
+//! | 13:12   | reserved |
+//! | 14      | URG, urgent: notify even when the descriptor suppresses notifications |
+//! | 15      | IM = 1 |
+//! | 23:16   | VV, the virtual vector to post |
+//! | 37:24   | reserved |
+//! | 63:38   | PDA bits 31:6 (the descriptor is 64-byte aligned by construction) |
+//! | 79:64   | SID, 81:80 SQ, 83:82 SVT, as in remapped format |
+//! | 95:84   | reserved |
+//! | 127:96  | PDA bits 63:32 |
+//!
+//! [`Irte::decode_entry`] decodes either format; a unit without CAP.PI treats IM as a
+//! reserved bit (fault 0x24), which is what [`Irte::decode`] does.
 
 use thiserror::Error;
 
@@ -80,6 +98,14 @@ const PIRTE_PDA_LOW_SHIFT: u32 = 38;
 const PIRTE_PDA_ALIGN_SHIFT: u32 = 6;
 /// Posted format, high qword: shift of the descriptor address bits 63:32 (127:96).
 const PIRTE_PDA_HIGH_SHIFT: u32 = 32;
+/// Posted format, high qword: mask of the descriptor address bits 63:32 as stored.
+const PIRTE_PDA_HIGH_MASK: u64 = !0 << PIRTE_PDA_HIGH_SHIFT;
+/// Posted format, low qword: mask of the descriptor address bits 31:6 as stored (63:38).
+const PIRTE_PDA_LOW_MASK: u64 = !0 << PIRTE_PDA_LOW_SHIFT;
+/// Posted format, low qword reserved bits: 7:2, 13:12 and 37:24.
+const PIRTE_LOW_RESERVED: u64 = (0x3f << 2) | (0x3 << 12) | (0x3fff << 24);
+/// Posted format, high qword reserved bits: 95:84 (31:20 of the high qword).
+const PIRTE_HIGH_RESERVED: u64 = 0xfff << 20;
 
 /// Source-id qualifier, SVT = 1: low request-id bits ignored for each SQ value.
 const SQ_IGNORE_MASKS: [u16; 4] = [0x0000, 0x0004, 0x0006, 0x0007];
@@ -186,7 +212,8 @@ impl RemappedEntry {
     }
 }
 
-/// A posted-format entry (IM = 1), decoded for diagnostics only.
+/// The fields of a posted-format entry (IM = 1) as stored, without any check
+/// ([`Irte::posted`]; for diagnostics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PostedEntry {
     /// URG: urgent.
@@ -195,6 +222,41 @@ pub struct PostedEntry {
     pub vector: u8,
     /// Guest-physical address of the posted-interrupt descriptor.
     pub descriptor_address: u64,
+}
+
+/// A present, well-formed posted-format entry (VT-d spec 9.11): what a posted interrupt
+/// becomes, before the descriptor is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PostedFormat {
+    /// FPD: faults through this entry are not recorded.
+    pub fault_processing_disabled: bool,
+    /// URG: notify even when the descriptor's SN suppresses notifications.
+    pub urgent: bool,
+    /// VV: the vector to set in the descriptor's PIR.
+    pub vector: u8,
+    /// Guest-physical address of the 64-byte aligned posted-interrupt descriptor.
+    pub descriptor_address: u64,
+    /// Source validation (SVT, SQ, SID).
+    pub source_validation: SourceValidation,
+}
+
+/// A decoded entry of either format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodedEntry {
+    /// Remapped format (IM = 0).
+    Remapped(RemappedEntry),
+    /// Posted format (IM = 1) on a unit with CAP.PI.
+    Posted(PostedFormat),
+}
+
+impl DecodedEntry {
+    /// The entry's source validation.
+    pub fn source_validation(&self) -> SourceValidation {
+        match self {
+            DecodedEntry::Remapped(e) => e.source_validation,
+            DecodedEntry::Posted(p) => p.source_validation,
+        }
+    }
 }
 
 /// Why an entry cannot remap an interrupt.
@@ -269,7 +331,8 @@ impl Irte {
 
     /// Decodes a posted-format entry's fields (regardless of IM).
     pub fn posted(&self) -> PostedEntry {
-        let pda_low = (self.low >> PIRTE_PDA_LOW_SHIFT) << PIRTE_PDA_ALIGN_SHIFT;
+        let pda_low =
+            ((self.low & PIRTE_PDA_LOW_MASK) >> PIRTE_PDA_LOW_SHIFT) << PIRTE_PDA_ALIGN_SHIFT;
         let pda_high = (self.high >> PIRTE_PDA_HIGH_SHIFT) << PIRTE_PDA_HIGH_SHIFT;
         PostedEntry {
             urgent: self.low & PIRTE_URG != 0,
@@ -278,15 +341,59 @@ impl Irte {
         }
     }
 
-    /// Decodes the entry for a unit in x2APIC mode (`eime`) or xAPIC mode, checking the
-    /// present bit, the format, reserved bits and reserved encodings, in that order.
+    /// Decodes the entry for a unit in x2APIC mode (`eime`) or xAPIC mode that does not
+    /// report CAP.PI: a posted-format entry is rejected ([`IrteError::PostedUnsupported`]).
     pub fn decode(&self, eime: bool) -> Result<RemappedEntry, IrteError> {
+        match self.decode_entry(eime, false)? {
+            DecodedEntry::Remapped(e) => Ok(e),
+            DecodedEntry::Posted(_) => Err(IrteError::PostedUnsupported(self.posted())),
+        }
+    }
+
+    /// Decodes the entry in either format, checking the present bit, the format (IM is a
+    /// reserved bit unless `posted_supported`, i.e. CAP.PI), reserved bits and reserved
+    /// encodings, in that order. `eime` (x2APIC mode) matters to the remapped format only.
+    pub fn decode_entry(
+        &self,
+        eime: bool,
+        posted_supported: bool,
+    ) -> Result<DecodedEntry, IrteError> {
         if !self.is_present() {
             return Err(IrteError::NotPresent);
         }
         if self.is_posted() {
-            return Err(IrteError::PostedUnsupported(self.posted()));
+            if !posted_supported {
+                return Err(IrteError::PostedUnsupported(self.posted()));
+            }
+            return self.decode_posted().map(DecodedEntry::Posted);
         }
+        self.decode_remapped(eime).map(DecodedEntry::Remapped)
+    }
+
+    /// The posted-format checks of [`Irte::decode_entry`] (P and IM already checked).
+    fn decode_posted(&self) -> Result<PostedFormat, IrteError> {
+        let low_bad = self.low & PIRTE_LOW_RESERVED;
+        let high_bad = self.high & PIRTE_HIGH_RESERVED;
+        if low_bad != 0 || high_bad != 0 {
+            return Err(IrteError::ReservedBits {
+                low: low_bad,
+                high: high_bad,
+            });
+        }
+        let source_validation =
+            SourceValidation::decode(self.high).ok_or(IrteError::ReservedSourceValidation)?;
+        let raw = self.posted();
+        Ok(PostedFormat {
+            fault_processing_disabled: self.fault_processing_disabled(),
+            urgent: raw.urgent,
+            vector: raw.vector,
+            descriptor_address: raw.descriptor_address,
+            source_validation,
+        })
+    }
+
+    /// The remapped-format checks of [`Irte::decode_entry`] (P and IM already checked).
+    fn decode_remapped(&self, eime: bool) -> Result<RemappedEntry, IrteError> {
         let mut low_reserved = IRTE_LOW_RESERVED;
         if !eime {
             low_reserved |= IRTE_LOW_RESERVED_XAPIC;
@@ -362,7 +469,7 @@ pub mod build {
             | (1 << IRTE_SVT_SHIFT);
         Irte {
             low: irte.low,
-            high,
+            high: high | (irte.high & PIRTE_PDA_HIGH_MASK),
         }
     }
 
@@ -371,8 +478,23 @@ pub mod build {
         let sid = (u64::from(start) << SVT_BUS_START_SHIFT) | u64::from(end);
         Irte {
             low: irte.low,
-            high: sid | (2 << IRTE_SVT_SHIFT),
+            high: sid | (2 << IRTE_SVT_SHIFT) | (irte.high & PIRTE_PDA_HIGH_MASK),
         }
+    }
+
+    /// A present posted-format entry posting `vector` into the descriptor at
+    /// `descriptor_address` (64-byte aligned; bits 5:0 are dropped), with URG as given.
+    pub fn posted(vector: u8, descriptor_address: u64, urgent: bool) -> Irte {
+        let pda_low = (descriptor_address & 0xffff_ffff) >> PIRTE_PDA_ALIGN_SHIFT;
+        let mut low = IRTE_P
+            | IRTE_IM
+            | (u64::from(vector) << IRTE_VECTOR_SHIFT)
+            | (pda_low << PIRTE_PDA_LOW_SHIFT);
+        if urgent {
+            low |= PIRTE_URG;
+        }
+        let high = (descriptor_address >> PIRTE_PDA_HIGH_SHIFT) << PIRTE_PDA_HIGH_SHIFT;
+        Irte { low, high }
     }
 
     /// `irte` with FPD set.
@@ -527,6 +649,46 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn posted_builder_round_trips_and_decodes_with_cap_pi() {
+        let pda: u64 = 0x0000_00ab_cdef_1240;
+        let e = with_requester_id(posted(0x81, pda, true), 0x0110, 2);
+        assert_eq!(e.high >> 32, 0xab, "PDA 63:32 kept by the SID builder");
+        match e.decode_entry(true, true) {
+            Ok(DecodedEntry::Posted(p)) => {
+                assert_eq!(p.descriptor_address, pda);
+                assert_eq!(p.vector, 0x81);
+                assert!(p.urgent && !p.fault_processing_disabled);
+                assert_eq!(
+                    p.source_validation,
+                    SourceValidation::RequesterId {
+                        sid: 0x0110,
+                        ignore: 0x6
+                    }
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // The same entry on a unit without CAP.PI, and through the remapped-only decode.
+        assert!(matches!(
+            e.decode_entry(true, false),
+            Err(IrteError::PostedUnsupported(_))
+        ));
+        assert!(matches!(
+            e.decode(true),
+            Err(IrteError::PostedUnsupported(_))
+        ));
+        // Address bits 5:0 cannot be expressed: the descriptor is always 64-byte aligned.
+        let odd = posted(0x81, pda | 0x3f, false);
+        assert_eq!(odd.posted().descriptor_address, pda);
+        // Remapped entries decode as before through decode_entry.
+        let r = remapped(0x40, 7, true, DeliveryMode::Fixed, false, false);
+        assert!(matches!(
+            r.decode_entry(true, true),
+            Ok(DecodedEntry::Remapped(d)) if d.destination == 7
+        ));
     }
 
     #[test]

@@ -32,6 +32,16 @@
 //!   IEC invalidations find it, including routes that failed (a not-present entry the
 //!   guest fills in later is announced by an IEC invalidation of its index).
 //!
+//! * **Posting** (CAP.PI, [`VtdConfig::posted_interrupts`]): a request that reaches a
+//!   posted-format IRTE translates to [`Translation::Posted`], which is no route. The
+//!   entry itself may be cached like any IRTE (IEC invalidations reach it by
+//!   [`Translation::irte_index`]), but every interrupt must be posted into the guest's
+//!   descriptor at the moment it fires: the VMM keeps such a source's interrupts to itself
+//!   and calls [`VtdUnit::deliver`] (or [`VtdUnit::post`] with a cached entry) for each.
+//!   Posting sets the vector's PIR bit and, when due, returns the notification event in
+//!   [`Effects::interrupts`] (vector NV to NDST, not remapped); a descriptor outside RAM
+//!   or with reserved bits set records fault 0x27 or 0x28. See [`posted`].
+//!
 //! # GCMD
 //!
 //! Software writes GCMD with the whole desired state (Linux writes `gcmd | bit`). The
@@ -57,6 +67,7 @@
 pub mod event;
 pub mod fault;
 pub mod irte;
+pub mod posted;
 pub mod qi;
 pub mod regs;
 pub mod remap;
@@ -65,6 +76,7 @@ use crate::memory::GuestMemoryReader;
 use crate::msi::{MsiMessage, SourceId};
 
 pub use fault::{Fault, FaultReason};
+pub use posted::PostedInterrupt;
 pub use qi::IecInvalidation;
 pub use remap::IrTable;
 
@@ -83,6 +95,10 @@ pub struct VtdConfig {
     /// Number of fault-recording registers, clamped to 1..=[`MAX_FAULT_RECORDS`].
     /// Default: 8.
     pub fault_records: usize,
+    /// Report CAP.PI: posted-format IRTEs post into the guest's posted-interrupt
+    /// descriptors (for a guest hypervisor). Without it IM = 1 is a reserved bit (fault
+    /// 0x24). Default: true.
+    pub posted_interrupts: bool,
 }
 
 impl Default for VtdConfig {
@@ -90,6 +106,7 @@ impl Default for VtdConfig {
         VtdConfig {
             extended_interrupt_mode: true,
             fault_records: 8,
+            posted_interrupts: true,
         }
     }
 }
@@ -145,6 +162,9 @@ pub enum Translation {
         /// The interrupt to deliver, in KVM's x2APIC API layout.
         message: MsiMessage,
     },
+    /// A posted-format IRTE: no route. Each interrupt is posted into the entry's
+    /// descriptor when it fires ([`VtdUnit::deliver`], [`VtdUnit::post`]).
+    Posted(PostedInterrupt),
     /// Blocked: no interrupt. The fault is not yet recorded; see
     /// [`VtdUnit::record_fault`].
     Blocked(Fault),
@@ -155,7 +175,15 @@ impl Translation {
     pub fn message(&self) -> Option<MsiMessage> {
         match *self {
             Translation::Passthrough(m) | Translation::Remapped { message: m, .. } => Some(m),
-            Translation::Blocked(_) => None,
+            Translation::Posted(_) | Translation::Blocked(_) => None,
+        }
+    }
+
+    /// The posted interrupt, when the entry is in posted format.
+    pub fn posted(&self) -> Option<PostedInterrupt> {
+        match *self {
+            Translation::Posted(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -165,6 +193,7 @@ impl Translation {
         match *self {
             Translation::Passthrough(_) => None,
             Translation::Remapped { index, .. } => Some(index),
+            Translation::Posted(p) => Some(p.index),
             Translation::Blocked(f) => f.index,
         }
     }
@@ -230,7 +259,7 @@ impl VtdUnit {
         let eim = config.extended_interrupt_mode;
         VtdUnit {
             config,
-            cap: capability(fault_records),
+            cap: capability(fault_records, config.posted_interrupts),
             ecap: extended_capability(eim),
             gsts: 0,
             rtaddr: 0,
@@ -296,6 +325,7 @@ impl VtdUnit {
         remap::RemapSettings {
             table: self.ir_table,
             compatibility_allowed: self.gsts & GSTS_CFIS != 0,
+            posted_interrupts: self.config.posted_interrupts,
         }
     }
 
@@ -316,7 +346,56 @@ impl VtdUnit {
                 index: r.index,
                 message: r.message,
             },
+            Ok(remap::RemapOutcome::Posted(p)) => Translation::Posted(p),
             Err(fault) => Translation::Blocked(fault),
+        }
+    }
+
+    /// Delivers one interrupt the VMM handles itself: [`VtdUnit::translate`] (the IRTE is
+    /// read now), then the fault is recorded (blocked) or the interrupt posted
+    /// ([`VtdUnit::post`]). The translation tells the VMM what, if anything, to send itself
+    /// (a remapped or passed-through message); the effects hold the unit's own interrupts
+    /// (a posting's notification event, fault events).
+    pub fn deliver(
+        &mut self,
+        mem: &dyn GuestMemoryReader,
+        source: SourceId,
+        msg: MsiMessage,
+    ) -> (Translation, Effects) {
+        let translation = self.translate(mem, source, msg);
+        let effects = match translation {
+            Translation::Blocked(fault) => self.record_fault(&fault),
+            Translation::Posted(p) => self.post(mem, &p),
+            Translation::Passthrough(_) | Translation::Remapped { .. } => Effects::default(),
+        };
+        (translation, effects)
+    }
+
+    /// Posts one interrupt through a posted-format entry ([`posted::post`]): sets its PIR
+    /// bit and, when due, puts the notification event into the effects' interrupts. A
+    /// descriptor outside guest RAM records fault 0x27, reserved descriptor bits fault
+    /// 0x28 (both suppressed by the entry's FPD); the interrupt is then lost, as on
+    /// hardware.
+    pub fn post(&mut self, mem: &dyn GuestMemoryReader, p: &PostedInterrupt) -> Effects {
+        match posted::post(mem, p) {
+            Ok(done) => {
+                let mut effects = Effects::default();
+                effects.interrupts.extend(done.notification);
+                effects
+            }
+            Err(e) => {
+                log::debug!("vt-d: IRTE {} posting failed: {e}", p.index);
+                let reason = match e {
+                    posted::PostError::Unreadable { .. } => FaultReason::DescriptorAccessFailed,
+                    posted::PostError::Reserved { .. } => FaultReason::DescriptorReserved,
+                };
+                self.record_fault(&Fault {
+                    reason,
+                    source_id: p.source_id,
+                    index: Some(p.index),
+                    suppressed: p.entry.fault_processing_disabled,
+                })
+            }
         }
     }
 

@@ -19,8 +19,12 @@
 //!   describe DMA translation, which is not offered.
 //! * `CAP.FRO`/`CAP.NFR`: the fault-recording registers at [`FRCD_REG`], one per
 //!   configured record.
-//! * No `CM`, `PSI`, `PI`, `ESIRTPS`, `ESRTPS`, `AFL`, `RWBF`, `PLMR`, `PHMR`: the model
-//!   does none of those.
+//! * `CAP.PI` (configurable, on by default): posted-format IRTEs post into the guest's
+//!   posted-interrupt descriptors (see [`super::posted`]). Linux offers posting to KVM only
+//!   when every unit reports PI and the CPU has CX16 (it updates posted entries with
+//!   `cmpxchg16b`); it changes nothing else about how Linux sets remapping up.
+//! * No `CM`, `PSI`, `ESIRTPS`, `ESRTPS`, `AFL`, `RWBF`, `PLMR`, `PHMR`: the model does none
+//!   of those.
 //! * `ECAP.QI | ECAP.IR | ECAP.EIM` (EIM configurable), `ECAP.MHMV = 0xf` (index-selective
 //!   IEC invalidation of up to 2^15 entries), `ECAP.IRO` pointing at the register-based
 //!   IOTLB invalidation pair at [`IVA_REG`].
@@ -116,7 +120,7 @@ pub const CAP_NFR_SHIFT: u32 = 40;
 pub const CAP_CM: u64 = 1 << 7;
 /// CAP.PSI, page-selective invalidation (not reported).
 pub const CAP_PSI: u64 = 1 << 39;
-/// CAP.PI, posted interrupts (not reported).
+/// CAP.PI, posted interrupts (reported unless configured off).
 pub const CAP_PI: u64 = 1 << 59;
 /// CAP.ESIRTPS: SIRTP invalidates the interrupt entry cache itself (not reported, so the
 /// guest issues the global IEC invalidation after SIRTP, which the VMM relies on).
@@ -131,16 +135,18 @@ pub const CAP_MGAW_BITS: u64 = 39;
 pub const CAP_FRO: u64 = FRCD_REG / REG_OFFSET_UNIT;
 
 /// Builds the CAP register for a unit with `fault_records` fault-recording registers
-/// (clamped to 1..=[`MAX_FAULT_RECORDS`]).
-pub fn capability(fault_records: usize) -> u64 {
+/// (clamped to 1..=[`MAX_FAULT_RECORDS`]) that posts interrupts when `posted_interrupts`.
+pub fn capability(fault_records: usize, posted_interrupts: bool) -> u64 {
     let records = fault_records.clamp(1, MAX_FAULT_RECORDS);
     // `records - 1` is at most 63, so the conversion cannot fail; fall back to one record.
     let nfr = u64::try_from(records - 1).unwrap_or(0);
+    let pi = if posted_interrupts { CAP_PI } else { 0 };
     (CAP_ND_VALUE << CAP_ND_SHIFT)
         | (CAP_SAGAW_VALUE << CAP_SAGAW_SHIFT)
         | ((CAP_MGAW_BITS - 1) << CAP_MGAW_SHIFT)
         | (CAP_FRO << CAP_FRO_SHIFT)
         | (nfr << CAP_NFR_SHIFT)
+        | pi
 }
 
 // ---- ECAP -----------------------------------------------------------------------------
@@ -327,17 +333,20 @@ mod tests {
 
     #[test]
     fn cap_layout() {
-        let cap = capability(8);
+        let cap = capability(8, false);
         assert_eq!((cap >> CAP_SAGAW_SHIFT) & 0x1f, 0, "no DMA translation");
         assert_eq!((cap >> CAP_MGAW_SHIFT) & 0x3f, 38);
         assert_eq!(((cap >> CAP_FRO_SHIFT) & 0x3ff) * 16, FRCD_REG);
         assert_eq!((cap >> CAP_NFR_SHIFT) & 0xff, 7);
         assert_eq!(cap & (CAP_CM | CAP_PSI | CAP_PI | CAP_ESIRTPS), 0);
         assert_eq!(cap, 0x0000_0700_2226_0000);
+        // Posted interrupts add CAP.PI (bit 59) and nothing else.
+        assert_eq!(capability(8, true), cap | CAP_PI);
+        assert_eq!(capability(8, true), 0x0800_0700_2226_0000);
         // Clamping.
-        assert_eq!((capability(0) >> CAP_NFR_SHIFT) & 0xff, 0);
+        assert_eq!((capability(0, true) >> CAP_NFR_SHIFT) & 0xff, 0);
         assert_eq!(
-            (capability(1000) >> CAP_NFR_SHIFT) & 0xff,
+            (capability(1000, true) >> CAP_NFR_SHIFT) & 0xff,
             (MAX_FAULT_RECORDS - 1) as u64
         );
         // The last record still fits in the page.

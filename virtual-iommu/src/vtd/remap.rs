@@ -26,14 +26,17 @@
 //!
 //! A remappable request then goes through these checks, each with its fault reason:
 //! index within the table (0x21), entry readable (0x23), entry present (0x22), entry
-//! well-formed (0x24), source-id accepted (0x26). The last three are *qualified*: the
-//! entry's FPD bit suppresses their recording.
+//! well-formed (0x24; IM = 1 is well-formed only with CAP.PI), source-id accepted (0x26).
+//! The last three are *qualified*: the entry's FPD bit suppresses their recording. A
+//! posted-format entry ends here in [`RemapOutcome::Posted`]: the descriptor is read and
+//! written only when the interrupt is posted ([`super::posted`], faults 0x27 and 0x28).
 
 use crate::memory::GuestMemoryReader;
 use crate::msi::{MsiMessage, SourceId, MSI_ADDR_REMAPPABLE};
 
 use super::fault::{Fault, FaultReason};
-use super::irte::{Irte, IrteError, IRTE_SIZE};
+use super::irte::{DecodedEntry, Irte, IrteError, IRTE_SIZE};
+use super::posted::PostedInterrupt;
 
 /// Address bits 19:5: handle bits 14:0.
 const REMAP_ADDR_HANDLE_SHIFT: u32 = 5;
@@ -76,6 +79,8 @@ pub struct RemapSettings {
     pub table: Option<IrTable>,
     /// GSTS.CFIS.
     pub compatibility_allowed: bool,
+    /// CAP.PI: posted-format entries post (else IM is a reserved bit, fault 0x24).
+    pub posted_interrupts: bool,
 }
 
 impl RemapSettings {
@@ -159,6 +164,9 @@ pub enum RemapOutcome {
     Passthrough(MsiMessage),
     /// Remapped through an IRTE.
     Remapped(Remapped),
+    /// A posted-format IRTE: the interrupt is to be posted into its descriptor
+    /// ([`super::posted::post`]).
+    Posted(PostedInterrupt),
 }
 
 /// Remaps `msg` from `source` under `settings` (interrupt remapping enabled), reading the
@@ -195,21 +203,31 @@ pub fn remap(
     let irte = read_irte(&table, mem, index)
         .ok_or_else(|| fault(FaultReason::TableReadFailed, Some(index), false))?;
     let fpd = irte.fault_processing_disabled();
-    let entry = irte.decode(table.eime).map_err(|e| {
-        let reason = match e {
-            IrteError::NotPresent => FaultReason::EntryNotPresent,
-            _ => FaultReason::EntryReserved,
-        };
-        log::debug!("vt-d: IRTE {index} ({irte:x?}) rejected: {e}");
-        fault(reason, Some(index), fpd)
-    })?;
-    if !entry.source_validation.allows(source) {
+    let entry = irte
+        .decode_entry(table.eime, settings.posted_interrupts)
+        .map_err(|e| {
+            let reason = match e {
+                IrteError::NotPresent => FaultReason::EntryNotPresent,
+                _ => FaultReason::EntryReserved,
+            };
+            log::debug!("vt-d: IRTE {index} ({irte:x?}) rejected: {e}");
+            fault(reason, Some(index), fpd)
+        })?;
+    if !entry.source_validation().allows(source) {
         return Err(fault(FaultReason::SourceIdMismatch, Some(index), fpd));
     }
-    Ok(RemapOutcome::Remapped(Remapped {
-        index,
-        message: entry.message(),
-    }))
+    Ok(match entry {
+        DecodedEntry::Remapped(entry) => RemapOutcome::Remapped(Remapped {
+            index,
+            message: entry.message(),
+        }),
+        DecodedEntry::Posted(entry) => RemapOutcome::Posted(PostedInterrupt {
+            index,
+            source_id: source,
+            entry,
+            x2apic: table.eime,
+        }),
+    })
 }
 
 /// Reads entry `index` of `table`; `None` when it is not in guest RAM.
@@ -306,6 +324,7 @@ mod tests {
         let settings = RemapSettings {
             table: None,
             compatibility_allowed: true,
+            posted_interrupts: true,
         };
         assert!(settings.passes_compatibility_format());
         struct NoMemory;
@@ -363,6 +382,7 @@ mod tests {
         let mut s = RemapSettings {
             table: Some(table),
             compatibility_allowed: true,
+            posted_interrupts: true,
         };
         assert!(s.passes_compatibility_format());
         s.table = Some(IrTable {
@@ -379,6 +399,7 @@ mod tests {
         let no_table = RemapSettings {
             table: None,
             compatibility_allowed: true,
+            posted_interrupts: true,
         };
         assert!(no_table.passes_compatibility_format());
     }

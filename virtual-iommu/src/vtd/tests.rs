@@ -229,9 +229,9 @@ fn enabled_unit(eime: bool) -> (VtdUnit, FakeMem, u32) {
 fn reset_values() {
     let u = VtdUnit::new(VtdConfig::default());
     assert_eq!(r32(&u, VER_REG), 0x10);
-    assert_eq!(r64(&u, CAP_REG), capability(8));
-    assert_eq!(r32(&u, CAP_REG), capability(8) as u32);
-    assert_eq!(r32(&u, CAP_REG + 4), (capability(8) >> 32) as u32);
+    assert_eq!(r64(&u, CAP_REG), capability(8, true));
+    assert_eq!(r32(&u, CAP_REG), capability(8, true) as u32);
+    assert_eq!(r32(&u, CAP_REG + 4), (capability(8, true) >> 32) as u32);
     assert_eq!(r64(&u, ECAP_REG), extended_capability(true));
     assert_eq!(r32(&u, GCMD_REG), 0);
     assert_eq!(r32(&u, GSTS_REG), 0);
@@ -269,14 +269,18 @@ fn config_clamps_and_shapes_capabilities() {
     let u = VtdUnit::new(VtdConfig {
         extended_interrupt_mode: false,
         fault_records: 0,
+        posted_interrupts: false,
     });
+    assert_eq!(u.capability() & CAP_PI, 0);
     assert_eq!(u.config().fault_records, 1);
     assert_eq!(u.extended_capability() & ECAP_EIM, 0);
     assert_eq!((u.capability() >> CAP_NFR_SHIFT) & 0xff, 0);
     let u = VtdUnit::new(VtdConfig {
         extended_interrupt_mode: true,
         fault_records: 100_000,
+        posted_interrupts: true,
     });
+    assert_eq!(u.capability() & CAP_PI, CAP_PI);
     assert_eq!(u.config().fault_records, MAX_FAULT_RECORDS);
     // The last record is reachable, the one after is not.
     let last = FRCD_REG + 16 * (MAX_FAULT_RECORDS as u64 - 1);
@@ -301,7 +305,7 @@ fn read_only_registers_ignore_writes() {
     w64(&mut u, &m, CAP_REG, 0);
     w64(&mut u, &m, IQH_REG, 0x7ff0);
     assert_eq!(r32(&u, VER_REG), 0x10);
-    assert_eq!(r64(&u, CAP_REG), capability(8));
+    assert_eq!(r64(&u, CAP_REG), capability(8, true));
     assert_eq!(r64(&u, ECAP_REG), extended_capability(true));
     assert_eq!(r32(&u, GSTS_REG), 0);
     assert_eq!(r64(&u, IQH_REG), 0);
@@ -1432,3 +1436,5 @@ fn iqt_qword_write_runs_once_and_high_half_alone_does_not_fetch() {
     assert_eq!(r64(&u, IQT_REG), u64::from((head + 1) << 4));
     assert_eq!(r64(&u, IQH_REG), u64::from((head + 1) << 4));
 }
+
+mod posting;

@@ -45,7 +45,8 @@ pub struct Xlat {
     pub irte: Option<u32>,
     /// Why it is blocked, when the IOMMU blocked it (recorded when the source fires).
     pub blocked: Option<IommuFault>,
-    /// An AMD-Vi guest-mode entry: no route; the IOMMU posts every interrupt.
+    /// An AMD-Vi guest-mode entry or a VT-d posted-format entry: no route; the IOMMU
+    /// posts every interrupt.
     pub guest: bool,
 }
 
@@ -83,8 +84,9 @@ pub fn translate_source(
                 blocked: Some(fault),
                 ..Xlat::default()
             },
-            Outcome::GuestMode => Xlat {
+            Outcome::GuestMode { irte } => Xlat {
                 guest: true,
+                irte,
                 ..Xlat::default()
             },
         },

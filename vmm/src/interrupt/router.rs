@@ -92,7 +92,7 @@ enum Watched {
     Masked(Arc<dyn VectorOwner>, u16),
     Fault(IommuFault),
     Deliver(MsiMessage),
-    /// An AMD-Vi guest-mode entry: the IOMMU posts it.
+    /// An AMD-Vi guest-mode or VT-d posted-format entry: the IOMMU posts it.
     Guest(SourceId, MsiMessage),
     Drop,
 }
@@ -488,8 +488,9 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
         }
     }
 
-    /// One interrupt of an AMD-Vi guest-mode source: the IOMMU re-reads the entry (never
-    /// cached) and posts it, records a fault, or says what to send when it left guest mode.
+    /// One interrupt of an AMD-Vi guest-mode or VT-d posted source: the IOMMU re-reads the
+    /// entry and posts it (sending a notification or GA log interrupt when due), records a
+    /// fault, or says what to send when it left guest mode or posted format.
     fn deliver_guest(&self, sid: SourceId, raw: MsiMessage) {
         let Some(iommu) = &self.iommu else { return };
         let (msg, effects) = iommu.deliver_guest(sid, raw);

@@ -632,3 +632,5 @@ fn concurrent_updates_leave_kvm_with_the_newest_translation() {
         "KVM holds the translation the router cached last"
     );
 }
+
+mod vtd_posting;

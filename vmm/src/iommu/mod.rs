@@ -3,7 +3,8 @@
 //!
 //! * [`Iommu::translate`] answers what a source's message becomes: a route (cacheable until
 //!   an invalidation covers it), a block (with the fault to record when it fires), or, for
-//!   AMD-Vi guest-mode IRTEs, a post the VMM performs at every interrupt (never cached).
+//!   AMD-Vi guest-mode IRTEs and VT-d posted-format IRTEs, a post the VMM performs at every
+//!   interrupt ([`Iommu::deliver_guest`], which reads the entry again each time).
 //! * Register writes return [`IommuEffects`]: which cached translations to re-translate
 //!   ([`Covers`]: IRTE index ranges for VT-d, device IDs for AMD-Vi, or all) and the unit's
 //!   own interrupts.
@@ -13,7 +14,7 @@
 pub mod amd;
 pub mod mmio;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use virtual_iommu::amd::{self as amdvi, AmdFault, AmdViConfig, AmdViUnit, Invalidation};
@@ -27,8 +28,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Volati
 pub use amd::AmdIommuFunction;
 pub use mmio::{AmdMmio, IommuMmio, VtdMmio};
 
-/// Guest RAM as the IOMMU models see it: accesses outside RAM fail whole; the IRR update
-/// of a posted interrupt is one atomic `fetch_or` on the mapped dword.
+/// Guest RAM as the IOMMU models see it: accesses outside RAM fail whole; the IRR/PIR
+/// update of a posted interrupt is one atomic `fetch_or` on the mapped dword, and the
+/// VT-d descriptor's ON update one atomic compare-exchange on the mapped qword (`lock or`
+/// and `lock cmpxchg` on the host, coherent with the guest's own locked instructions on
+/// the same memory).
 pub struct GuestRam(pub GuestMemoryMmap);
 
 impl GuestMemoryReader for GuestRam {
@@ -62,6 +66,24 @@ impl GuestMemoryReader for GuestRam {
         let atomic = slice.get_atomic_ref::<AtomicU32>(0).map_err(|_| unmapped)?;
         Ok(atomic.fetch_or(mask, Ordering::SeqCst))
     }
+
+    fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        let unmapped = MemError::Unmapped { gpa, len: 8 };
+        if !gpa.is_multiple_of(8) {
+            return Err(unmapped);
+        }
+        let slice = self
+            .0
+            .get_slice(GuestAddress(gpa), 8)
+            .map_err(|_| unmapped)?;
+        let atomic = slice.get_atomic_ref::<AtomicU64>(0).map_err(|_| unmapped)?;
+        Ok(atomic.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
+    }
 }
 
 /// A cached translation's fault, recorded when the blocked source fires.
@@ -93,8 +115,13 @@ pub enum Outcome {
         /// VT-d IRTE index it named.
         irte: Option<u32>,
     },
-    /// An AMD-Vi guest-mode entry: post it at every interrupt ([`Iommu::deliver_guest`]).
-    GuestMode,
+    /// An AMD-Vi guest-mode entry or a VT-d posted-format entry: post it at every
+    /// interrupt ([`Iommu::deliver_guest`]); no route.
+    GuestMode {
+        /// VT-d IRTE index (the key IEC invalidations reach it by, e.g. when the guest
+        /// moves the entry back to remapped format).
+        irte: Option<u32>,
+    },
 }
 
 /// Which cached translations an IOMMU event covers.
@@ -256,6 +283,9 @@ impl Iommu {
                     message,
                     irte: Some(index),
                 },
+                Translation::Posted(p) => Outcome::GuestMode {
+                    irte: Some(p.index),
+                },
                 Translation::Blocked(f) => Outcome::Blocked {
                     fault: IommuFault::Vtd(f),
                     irte: f.index,
@@ -271,7 +301,7 @@ impl Iommu {
                     fault: IommuFault::Amd(f),
                     irte: None,
                 },
-                amdvi::Translation::GuestMode(_) => Outcome::GuestMode,
+                amdvi::Translation::GuestMode(_) => Outcome::GuestMode { irte: None },
             },
         }
     }
@@ -322,9 +352,17 @@ impl Iommu {
         }
     }
 
-    /// Delivers one interrupt of a source whose translation is guest mode: re-translates
-    /// (guest-mode fields are never cached) and posts, records a fault, or returns the
-    /// message to send when the entry stopped being guest mode.
+    /// Delivers one interrupt of a source whose translation is guest mode (AMD-Vi) or
+    /// posted (VT-d): re-translates and posts, records a fault, or returns the message to
+    /// send when the entry stopped being guest mode or posted. The effects carry the
+    /// unit's own interrupts: a VT-d posting's notification event (vector NV to NDST),
+    /// fault events, GA log interrupts.
+    ///
+    /// AMD-Vi guest-mode fields are never cached (its spec says so). A VT-d posted IRTE
+    /// could be cached until an IEC invalidation covers it; it is read again at every
+    /// interrupt instead, which the spec equally allows (a unit may drop cached entries at
+    /// any time), so a guest that rewrites a posted entry without invalidating it sees the
+    /// change at once here. The descriptor is never cached, on hardware or here.
     pub fn deliver_guest(
         &self,
         sid: SourceId,
@@ -335,7 +373,10 @@ impl Iommu {
                 let (t, effects) = u.deliver(&self.mem, sid, msg);
                 (t.message(), effects.into())
             }
-            Unit::Vtd(_) => (None, IommuEffects::default()),
+            Unit::Vtd(u) => {
+                let (t, effects) = u.deliver(&self.mem, sid, msg);
+                (t.message(), effects.into())
+            }
         }
     }
 
@@ -384,6 +425,50 @@ mod tests {
             "crosses the end of RAM"
         );
         assert!(ram.fetch_or_u32(0x10_0000, 1).is_err(), "outside RAM");
+    }
+
+    #[test]
+    fn compare_exchange_is_atomic_on_guest_ram_and_refuses_bad_addresses() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let ram = GuestRam(mem.clone());
+        // 16 threads each set their own bit with a compare-exchange loop, as the guest's
+        // `lock cmpxchg` users and the unit's ON update do: none may be lost.
+        std::thread::scope(|s| {
+            for bit in 0..16u32 {
+                let ram = &ram;
+                s.spawn(move || {
+                    let mut seen = 0u64;
+                    for _ in 0..1000 {
+                        let current = seen;
+                        let new = current ^ (1u64 << (bit * 4));
+                        match ram.compare_exchange_u64(0x220, current, new).unwrap() {
+                            Ok(_) => seen = new,
+                            Err(actual) => seen = actual,
+                        }
+                    }
+                    loop {
+                        let current = seen;
+                        let new = current | (1u64 << (bit * 4));
+                        match ram.compare_exchange_u64(0x220, current, new).unwrap() {
+                            Ok(_) => break,
+                            Err(actual) => seen = actual,
+                        }
+                    }
+                });
+            }
+        });
+        let v: u64 = mem.read_obj(GuestAddress(0x220)).unwrap();
+        assert_eq!(v, 0x1111_1111_1111_1111, "every bit set exactly once");
+        assert_eq!(
+            ram.compare_exchange_u64(0x220, 0, 5).unwrap(),
+            Err(0x1111_1111_1111_1111)
+        );
+        assert!(ram.compare_exchange_u64(0x224, 0, 1).is_err(), "misaligned");
+        assert!(ram.compare_exchange_u64(0xffc, 0, 1).is_err(), "misaligned");
+        assert!(
+            ram.compare_exchange_u64(0x1000, 0, 1).is_err(),
+            "outside RAM"
+        );
     }
 
     #[test]
