@@ -9,6 +9,10 @@
 //! `ir_common`; `ir-bench` times invalidations with many remapped vectors live. `hostile`
 //! writes garbage into every emulated register window, then runs `ir-basic`'s steps.
 //!
+//! `vtd-pi` drives posted-format IRTEs (CAP.PI) as a guest hypervisor does, with a
+//! posted-interrupt descriptor in the probe's memory; `vtd-pi-bench` times remapped against
+//! posted delivery.
+//!
 //! The `vfio-*` scenarios drive the vfio-user test device (1234:11ea) that irvmm passes
 //! through (`--device vfio-user,socket=...`); their shared parts are in `vfio_common`.
 //! `vfio-bench-irq` and `vfio-bench-mmio` time its interrupts and register accesses for the
@@ -41,6 +45,8 @@ mod vfio_extdest;
 mod vfio_intx;
 mod vfio_mask;
 mod vfio_remap;
+mod vtd_pi;
+mod vtd_pi_bench;
 
 use crate::pvh::StartInfo;
 use crate::report::Outcome;
@@ -169,6 +175,16 @@ pub static ALL: &[Scenario] = &[
         name: "vfio-bench-mmio",
         summary: "times probe.accesses=N reads and N writes of the passthrough device's SCRATCH register (BAR0 page 0)",
         run: vfio_bench_mmio::run,
+    },
+    Scenario {
+        name: "vtd-pi",
+        summary: "VT-d posted-format IRTE: PIR/ON, notification NV at NDST (> 255), ON and SN suppress, URG overrides, back to remapped, PD beyond RAM faults 0x27",
+        run: vtd_pi::run,
+    },
+    Scenario {
+        name: "vtd-pi-bench",
+        summary: "times probe.iters=K edu-msix round trips through a remapped and a posted IRTE (notification handler clears ON, harvests PIR)",
+        run: vtd_pi_bench::run,
     },
     Scenario {
         name: "poweroff",

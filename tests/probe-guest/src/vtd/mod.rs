@@ -15,6 +15,7 @@
 
 pub mod fault;
 pub mod irte;
+pub mod posted;
 pub mod qi;
 
 use core::sync::atomic::{AtomicBool, Ordering};
