@@ -15,6 +15,9 @@
 // Parsers and helpers that cover more of the tables and hardware than the scenarios use.
 #[allow(dead_code)]
 mod acpi;
+// The AMD-Vi driver covers more of the unit than the scenarios use.
+#[allow(dead_code)]
+mod amdvi;
 mod ap;
 mod apic;
 mod bootparams;

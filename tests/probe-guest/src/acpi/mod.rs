@@ -5,6 +5,7 @@
 
 pub mod dmar;
 pub mod fadt;
+pub mod ivrs;
 pub mod madt;
 
 use core::fmt;

@@ -13,11 +13,25 @@
 //! posted-interrupt descriptor in the probe's memory; `vtd-pi-bench` times remapped against
 //! posted delivery.
 //!
+//! The `amd-*` scenarios drive the platform's AMD-Vi unit (found through the IVRS) the
+//! same way: `amd-ir-basic`, `amd-ir-ioapic`, `amd-ir-faults`, `amd-ir-many` in remapped
+//! mode, `amd-ga` in guest virtual APIC mode (the probe as a guest hypervisor), `amd-bench`
+//! for the benchmarks; shared parts in `amd_common`. `hostile` covers AMD-Vi too when the
+//! platform has it.
+//!
 //! The `vfio-*` scenarios drive the vfio-user test device (1234:11ea) that irvmm passes
 //! through (`--device vfio-user,socket=...`); their shared parts are in `vfio_common`.
 //! `vfio-bench-irq` and `vfio-bench-mmio` time its interrupts and register accesses for the
 //! benchmarks in `benches/` (statistics in `bench_stats`).
 
+mod amd_basic;
+mod amd_bench;
+mod amd_common;
+mod amd_faults;
+mod amd_ga;
+mod amd_ga_tags;
+mod amd_ioapic;
+mod amd_many;
 mod bench_stats;
 mod boot;
 mod fault;
@@ -120,6 +134,36 @@ pub static ALL: &[Scenario] = &[
         name: "ir-bench",
         summary: "times IRTE rewrite + index-selective IEC + wait with probe.vectors=N live remapped vectors",
         run: ir_bench::run,
+    },
+    Scenario {
+        name: "amd-ir-basic",
+        summary: "edu MSI remapped by AMD-Vi (x2APIC, 128-bit IRTE) to an APIC ID > 255; moves only after INVALIDATE_INTERRUPT_TABLE",
+        run: amd_basic::run,
+    },
+    Scenario {
+        name: "amd-ir-ioapic",
+        summary: "COM1's IOAPIC pin remapped by AMD-Vi through the IOAPIC's device ID (IVRS special entry) to an APIC ID > 255",
+        run: amd_ioapic::run,
+    },
+    Scenario {
+        name: "amd-ir-faults",
+        summary: "blocked edu MSIs log AMD-Vi events (not valid, beyond table, reserved, IntCtl abort, bad DTE) with an event interrupt; SupIOPF/IG suppress; illegal command stops the buffer",
+        run: amd_faults::run,
+    },
+    Scenario {
+        name: "amd-ir-many",
+        summary: "64 edu-msix vectors through 64 AMD-Vi IRTEs to CPUs across the APIC ID range, each once",
+        run: amd_many::run,
+    },
+    Scenario {
+        name: "amd-ga",
+        summary: "AMD-Vi guest virtual APIC mode: guest-mode IRTEs post IRR bits; IsRun=0 logs GA tags that resolve to exactly their (VM, vCPU); fields never cached",
+        run: amd_ga::run,
+    },
+    Scenario {
+        name: "amd-bench",
+        summary: "times AMD-Vi IRTE rewrite + INVALIDATE_INTERRUPT_TABLE + COMPLETION_WAIT with probe.vectors=N live, and remapped vs posted vs GA-log deliveries",
+        run: amd_bench::run,
     },
     Scenario {
         name: "hostile",

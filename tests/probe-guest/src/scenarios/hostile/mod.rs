@@ -52,6 +52,19 @@
 //!    cleared, the event interrupts masked, the pointers zeroed; the BSP must then have no
 //!    interrupt pending or in service other than its own timer tick.
 //!
+//! On a platform with an AMD-Vi unit (an IVRS instead of a DMAR, irvmm's `--iommu amd`),
+//! step 4 fills the AMD-Vi register window instead ([`amdvi`]: the control register with
+//! random commands, the command buffer's tail and head over a buffer of random commands,
+//! base, pointer, status and XT interrupt registers), then checks three deliveries: with the
+//! unit off, edu's compatibility MSI must reach the BSP exactly once; with edu's interrupt
+//! table beyond RAM, its remapped MSI must be blocked (irvmm must log
+//! PAGE_TAB_HARDWARE_ERROR); through random device table entries and random 128-bit IRTEs
+//! (remapped ones aimed at APIC IDs no CPU has, guest-mode ones posting into scratch pages,
+//! with the GA log on), 64 edu-msix vectors, edu's MSI and COM1's pin must reach no CPU.
+//! Step 8 resets it as a guest would (control cleared, status bits, pointers, bases and XT
+//! registers zeroed), and the recovery runs the `amd-ir-basic` steps. The choice between the
+//! two units is made by [`iommu`].
+//!
 //! Writes whose only possible effect is to corrupt the probe itself are not made either: IQA
 //! never points into memory the probe uses (only at its garbage queue, or above 4 GiB), wait
 //! descriptors in that queue write their status only to a scratch dword, the event control
@@ -63,11 +76,12 @@
 //! index-selective invalidation), then `PROBE PASS hostile accesses=N seed=S`, N counting
 //! every garbage access (configuration-address writes included).
 
+mod amdvi;
+mod iommu;
 mod legacy;
 mod pci;
 mod vtd;
 
-use super::ir_basic;
 use super::ir_common::{self, Vmm};
 use super::smp::{self, Smp};
 use super::Context;
@@ -99,8 +113,8 @@ const MOVED_BAR_READS: u32 = 60;
 const BAR_ACCESSES: u32 = 500;
 /// Accesses per round to the I/O APIC window.
 const IOAPIC_ACCESSES: u32 = 300;
-/// Accesses per round to the VT-d register page.
-const VTD_ACCESSES: u32 = 1000;
+/// Accesses per round to the IOMMU's registers (the VT-d page or the AMD-Vi window).
+const IOMMU_ACCESSES: u32 = 1000;
 /// Accesses per round to COM1.
 const COM1_ACCESSES: u32 = 200;
 /// Accesses per round to the platform control ports.
@@ -356,13 +370,13 @@ struct Targets {
     ioapic: IoApic,
     /// COM1's (ISA IRQ 4) pin on `ioapic`.
     com1_pin: u32,
-    unit: vtd::Unit,
+    unit: iommu::Unit,
     bsp_id: u32,
     clock: Clock,
 }
 
 impl Targets {
-    fn find(ctx: &Context, smp: &Smp, platform: &ir_common::IrPlatform) -> Result<Targets, Text> {
+    fn find(ctx: &Context, smp: &Smp, platform: &iommu::Platform) -> Result<Targets, Text> {
         let config = pci::Config::capture(ctx)?;
         let edu = crate::pci::find_on_bus0(edu::VENDOR_ID, EDU_DEVICE_ID).ok_or_else(|| {
             text!(
@@ -375,16 +389,17 @@ impl Targets {
         let madt = smp.madt()?;
         let com1 = ioapic::isa_route(&madt, COM1_IRQ)?;
         let (ioapic, com1_pin) = IoApic::for_gsi(&madt, com1.gsi)?;
-        let unit = vtd::Unit::open(platform.pci_unit(edu)?.base)?;
+        let unit = platform.unit(edu)?;
         sprintln!(
-            "hostile: {} PCI functions, edu {}, edu-msix {}, ECAM {}, IOAPIC 0x{:x} ({} pins), VT-d 0x{:x}",
+            "hostile: {} PCI functions, edu {}, edu-msix {}, ECAM {}, IOAPIC 0x{:x} ({} pins), {} 0x{:x}",
             config.functions(),
             edu,
             if edu_msix.is_some() { "present" } else { "absent" },
             if config.has_ecam() { "present" } else { "absent" },
             ioapic.base,
             ioapic.pins,
-            unit.base()
+            unit.name(),
+            unit.window().0
         );
         Ok(Targets {
             config,
@@ -429,10 +444,10 @@ impl Targets {
         legacy::ioapic(g, &self.ioapic, IOAPIC_ACCESSES)?;
         g.report(round, "I/O APIC", mark);
 
-        // 4. The VT-d unit, then deliveries through the state it left.
+        // 4. The IOMMU (VT-d or AMD-Vi), then deliveries through the state it left.
         let mark = g.counts();
-        self.unit.garbage(g, VTD_ACCESSES)?;
-        g.report(round, "VT-d", mark);
+        self.unit.garbage(g, IOMMU_ACCESSES)?;
+        g.report(round, self.unit.name(), mark);
         self.unit.deliveries(g, self)?;
 
         // 5. Sources disarmed; COM1 with every pin masked.
@@ -460,13 +475,13 @@ impl Targets {
             sprintln!("hostile: unclaimed ports and MMIO skipped (irvmm's layout only)");
         }
 
-        // 8. The unit reset as a guest would; nothing may be pending.
+        // 8. The IOMMU reset as a guest would; nothing may be pending.
         self.unit.reset(&self.clock)?;
         quiet(&text!("after round {}", round))
     }
 
-    /// The MMIO the unclaimed-space phase must not touch: ECAM, the I/O APIC, the VT-d
-    /// unit, the local APIC window and every BAR.
+    /// The MMIO the unclaimed-space phase must not touch: ECAM, the I/O APIC, the IOMMU's
+    /// register window, the local APIC window and every BAR.
     fn excluded_mmio(&self) -> pci::Ranges {
         /// The local APIC / MSI window (1 MiB at 0xfee00000).
         const LAPIC_WINDOW: (u64, u64) = (0xfee0_0000, 0x10_0000);
@@ -475,7 +490,8 @@ impl Targets {
         let mut ranges = self.config.memory_ranges();
         ranges.push(LAPIC_WINDOW.0, LAPIC_WINDOW.1);
         ranges.push(self.ioapic.base, IOAPIC_PAGE);
-        ranges.push(self.unit.base(), crate::vtd::REGS_SIZE);
+        let (base, len) = self.unit.window();
+        ranges.push(base, len);
         if let Some((base, len)) = self.config.ecam_range() {
             ranges.push(base, len);
         }
@@ -513,26 +529,27 @@ pub fn run(ctx: &Context) -> Outcome {
         return Err(text!("probe.rounds={} (1 to {})", rounds, MAX_ROUNDS));
     }
     let smp = smp::prepare(ctx)?;
-    let platform = ir_common::discover(ctx)?;
+    let platform = iommu::Platform::discover(ctx)?;
     let targets = Targets::find(ctx, &smp, &platform)?;
-    let mut g = Garbage::new(seed, platform.vmm == Vmm::Irvmm);
+    let mut g = Garbage::new(seed, platform.vmm() == Vmm::Irvmm);
     sprintln!("hostile: seed={} rounds={}", seed, rounds);
     let begin = smp.clock.now_ns();
     for round in 1..=rounds {
         targets.round(&mut g, round)?;
     }
     sprintln!(
-        "hostile: {} accesses in {} ms ({} withheld); recovering with the ir-basic steps",
+        "hostile: {} accesses in {} ms ({} withheld); recovering with the {} steps",
         g.counts().accesses,
         smp.clock.now_ns().saturating_sub(begin) / ir_common::NS_PER_MS,
-        g.counts().withheld
+        g.counts().withheld,
+        platform.recovery_name()
     );
-    let moved = ir_basic::exercise(ctx, &smp, &platform)?;
+    let (from, to, index) = platform.recover(ctx, &smp)?;
     sprintln!(
         "hostile: recovered: edu's MSI went to APIC ID {}, then to {} after invalidating IRTE {}",
-        moved.from,
-        moved.to,
-        moved.index
+        from,
+        to,
+        index
     );
     Ok(text!("accesses={} seed={}", g.counts().accesses, seed))
 }
