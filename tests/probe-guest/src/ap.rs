@@ -72,6 +72,15 @@ static ARRIVED: AtomicU32 = AtomicU32::new(0);
 static AP_IDS: [AtomicU32; MAX_APS] = [const { AtomicU32::new(NO_ID) }; MAX_APS];
 /// What APs do after reporting (an [`ApMode`]).
 static MODE: AtomicU8 = AtomicU8::new(ApMode::Halt as u8);
+/// In [`ApMode::Interrupts`], the period of each AP's own periodic APIC timer at
+/// [`irq::TIMER_VECTOR`] in APIC bus clocks; 0 = no timer ([`set_ap_tick`]).
+static AP_TICK: AtomicU32 = AtomicU32::new(0);
+
+/// Makes APs started later in [`ApMode::Interrupts`] run a periodic APIC timer of
+/// `bus_clocks` (0: none), as an idle OS's tick wakes each CPU.
+pub fn set_ap_tick(bus_clocks: u32) {
+    AP_TICK.store(bus_clocks, Ordering::Release);
+}
 
 /// What an AP does once it has reported its ID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +128,10 @@ extern "C" fn ap_entry(slot: u32) -> ! {
     let mode = MODE.load(Ordering::Acquire);
     if mode == ApMode::Interrupts as u8 {
         apic::software_enable(irq::SPURIOUS_VECTOR);
+        let tick = AP_TICK.load(Ordering::Acquire);
+        if tick != 0 {
+            apic::start_periodic_timer(irq::TIMER_VECTOR, tick);
+        }
     }
     // The trampoline only enters with slot < MAX_APS.
     if let Some(entry) = AP_IDS.get(slot as usize) {

@@ -36,6 +36,7 @@ mod bench_stats;
 mod boot;
 mod fault;
 mod hostile;
+mod idle;
 mod ioapic_extdest;
 mod ipi;
 mod ir_basic;
@@ -239,6 +240,11 @@ pub static ALL: &[Scenario] = &[
         name: "reset",
         summary: "reset through the FADT RESET_REG (else port 0xcf9): the VMM must reset or exit",
         run: reset::run,
+    },
+    Scenario {
+        name: "idle",
+        summary: "every AP started, then all CPUs idle in hlt for probe.seconds=S (0: until the VMM stops it), with an optional probe.tick_us=T tick",
+        run: idle::run,
     },
     Scenario {
         name: "triple-fault",
