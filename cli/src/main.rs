@@ -63,6 +63,9 @@ fn main() -> ExitCode {
         apic_mode: args.apic_mode,
         iommu: args.iommu,
         devices: args.devices,
+        disks: args.disks,
+        console: args.console,
+        rng: args.rng,
     };
     match vmm::run(&config) {
         Ok(VmOutcome::DebugExit(v)) => ExitCode::from(v),

@@ -16,9 +16,13 @@ pub mod passthrough;
 pub mod platform;
 pub mod topology;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 pub use topology::{Topology, TopologyError};
 
+/// The `--disk` configuration (from the virtio crate).
+pub use ::virtio::block as virtio_disk;
 pub use vcpu::VmOutcome;
+pub use virtio::ConsoleMode;
 pub use vm::{run, ApicMode, DeviceConfig, Error, IommuKind, PciDeviceKind, SerialMode, VmConfig};

@@ -133,6 +133,8 @@ pub struct Platform {
     pub router: Arc<InterruptRouter<VmFd>>,
     /// Passed-through devices.
     pub passthrough: Passthrough,
+    /// Virtio devices.
+    pub virtio: crate::virtio::VirtioDevices,
 }
 
 fn pci_error(e: devices::pci::PciError) -> Error {
@@ -147,6 +149,8 @@ pub struct PassthroughPlan {
     pub intx: Vec<IntxRoute>,
     /// The first KVM memory slot free for BAR mappings.
     pub first_slot: u32,
+    /// Virtio devices, opened before the VM, placed after the `--device`s.
+    pub virtio: Vec<crate::virtio::Opened>,
 }
 
 /// What placing PCI devices needs.
@@ -156,6 +160,8 @@ struct PciSetup<'a> {
     mapper: &'a Arc<BarMapper<VmFd>>,
     passthrough: &'a mut Passthrough,
     intx: &'a [IntxRoute],
+    virtio: &'a mut crate::virtio::VirtioDevices,
+    vm: &'a Arc<VmFd>,
 }
 
 fn add_pci_devices(
@@ -212,6 +218,9 @@ fn add_pci_devices(
         root.add_function(address, function).map_err(pci_error)?;
         log::info!("PCI {address}: {kind:?}");
     }
+    setup
+        .virtio
+        .attach(root, setup.router, setup.vm, setup.mem, devices.len())?;
     root.assign_bars(PciWindow::MMIO32, Some(PciWindow::IO))
         .map_err(pci_error)?;
     Ok(())
@@ -251,7 +260,9 @@ pub fn build(
         opened,
         intx,
         first_slot,
+        virtio,
     } = passthrough_plan;
+    let mut virtio = crate::virtio::VirtioDevices::new(virtio);
     let policy = TranslationPolicy {
         ext_dest_id: config.ext_dest_id,
     };
@@ -311,7 +322,7 @@ pub fn build(
         }
     }
 
-    let mapper = Arc::new(BarMapper::new(vm, first_slot, PciWindow::MMIO32));
+    let mapper = Arc::new(BarMapper::new(vm.clone(), first_slot, PciWindow::MMIO32));
     let mut passthrough = Passthrough::new(PassthroughEvents::new(ioapic.clone(), mapper.clone()));
     let mut root = PciRoot::new();
     root.set_listener(mapper.clone());
@@ -326,6 +337,8 @@ pub fn build(
             mapper: &mapper,
             passthrough: &mut passthrough,
             intx: &intx,
+            virtio: &mut virtio,
+            vm: &vm,
         },
         &config.devices,
         opened,
@@ -370,6 +383,7 @@ pub fn build(
         serial,
         router,
         passthrough,
+        virtio,
     })
 }
 

@@ -112,6 +112,12 @@ pub struct VmConfig {
     pub iommu: IommuKind,
     /// PCI devices, placed on bus 0 in order (device 1, 2, ...).
     pub devices: Vec<DeviceConfig>,
+    /// virtio-blk disks (`--disk`), placed after the devices.
+    pub disks: Vec<virtio::DiskConfig>,
+    /// The virtio console (`--console`).
+    pub console: crate::virtio::ConsoleMode,
+    /// A virtio-rng device (`--rng`).
+    pub rng: bool,
 }
 
 /// Whether the vCPUs start in x2APIC mode.
@@ -524,6 +530,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
         .collect();
     let opened = crate::passthrough::open_all(&passthrough)?;
     let intx = crate::passthrough::intx_plan(&config.devices, &opened);
+    let virtio = crate::virtio::open_all(&config.disks, config.console, config.rng)?;
     let mem = memory::create_guest_memory(config.memory)?;
     let apic_ids = config.topology.apic_ids();
     let tables = acpi::build(
@@ -639,6 +646,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
             opened,
             intx,
             first_slot: mem.num_regions() as u32,
+            virtio,
         },
     )?;
     let serial = platform.serial.clone();
@@ -720,7 +728,8 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
         exit: exit.clone(),
         mem,
     });
-    if config.serial == SerialMode::Stdio {
+    // Standard input goes to the virtio console when there is one.
+    if config.serial == SerialMode::Stdio && config.console == crate::virtio::ConsoleMode::Off {
         spawn_stdin(serial.clone())?;
     }
     for vcpu in vcpus {
@@ -760,6 +769,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, Error> {
         );
     }
     platform.passthrough.report();
+    platform.virtio.report();
     if let Ok(mut s) = serial.lock() {
         s.flush_output();
     }
