@@ -46,6 +46,7 @@ mod tally;
 // The whole register map of the test device's contract, not only what the scenarios use.
 #[allow(dead_code)]
 mod testdev;
+mod virtio;
 mod vtd;
 #[allow(dead_code)]
 mod x86;

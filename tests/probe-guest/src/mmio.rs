@@ -78,4 +78,32 @@ impl Mmio {
         // SAFETY: as in `write32`.
         unsafe { core::ptr::write_volatile(addr as *mut u64, value) }
     }
+
+    /// Reads the 8-bit register at `offset`.
+    pub fn read8(&self, offset: u64) -> u8 {
+        let addr = self.addr(offset, 1);
+        // SAFETY: as in `read32`.
+        unsafe { core::ptr::read_volatile(addr as *const u8) }
+    }
+
+    /// Writes the 8-bit register at `offset`.
+    pub fn write8(&self, offset: u64, value: u8) {
+        let addr = self.addr(offset, 1);
+        // SAFETY: as in `write32`.
+        unsafe { core::ptr::write_volatile(addr as *mut u8, value) }
+    }
+
+    /// Reads the 16-bit register at `offset`.
+    pub fn read16(&self, offset: u64) -> u16 {
+        let addr = self.addr(offset, 2);
+        // SAFETY: as in `read32`.
+        unsafe { core::ptr::read_volatile(addr as *const u16) }
+    }
+
+    /// Writes the 16-bit register at `offset`.
+    pub fn write16(&self, offset: u64, value: u16) {
+        let addr = self.addr(offset, 2);
+        // SAFETY: as in `write32`.
+        unsafe { core::ptr::write_volatile(addr as *mut u16, value) }
+    }
 }

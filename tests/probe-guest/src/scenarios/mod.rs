@@ -60,6 +60,11 @@ mod vfio_extdest;
 mod vfio_intx;
 mod vfio_mask;
 mod vfio_remap;
+mod virtio_blk;
+mod virtio_blk_bench;
+mod virtio_common;
+mod virtio_console;
+mod virtio_rng;
 mod vtd_pi;
 mod vtd_pi_bench;
 
@@ -250,6 +255,26 @@ pub static ALL: &[Scenario] = &[
         name: "triple-fault",
         summary: "ud2 with an empty IDT: the VMM must report a triple fault",
         run: triple_fault::run,
+    },
+    Scenario {
+        name: "virtio-blk",
+        summary: "virtio-blk by PCI ID: read, write on every queue, flush, discard, write-zeroes, IOERR past the end, reset; interrupts on their CPUs",
+        run: virtio_blk::run,
+    },
+    Scenario {
+        name: "virtio-blk-bench",
+        summary: "virtio-blk polled: probe.ops random 4 KiB reads and probe.seq_mib MiB of 64 KiB reads at probe.qd in flight",
+        run: virtio_blk_bench::run,
+    },
+    Scenario {
+        name: "virtio-console",
+        summary: "virtio console by PCI ID: a line out through hvc0, probe.hvc_input=WORD read back from the host",
+        run: virtio_console::run,
+    },
+    Scenario {
+        name: "virtio-rng",
+        summary: "virtio-rng by PCI ID: two 64-byte requests, nonzero and different, one interrupt each on its CPU",
+        run: virtio_rng::run,
     },
 ];
 

@@ -1,0 +1,203 @@
+//! Shared parts of the virtio scenarios: the device's MSI-X vectors and where they go, and
+//! waiting for a request's completion and its interrupt.
+//!
+//! With a DMAR (irvmm `--iommu intel`, QEMU `-device intel-iommu,intremap=on,eim=on`)
+//! remapping is enabled as Linux does it, every AP is started ready for interrupts, and
+//! MSI-X vector j goes through IRTE [`IRTE_BASE`] + j to the j-th highest APIC ID (above
+//! 255 with 288 vCPUs); without one, every vector goes to the BSP in compatibility format.
+//! Each completion must raise exactly one interrupt, on its vector's CPU.
+
+use super::ir_common::{self, NS_PER_MS};
+use super::smp::{self, Smp};
+use super::vfio_common;
+use super::Context;
+use crate::ap::ApMode;
+use crate::clock::Clock;
+use crate::report::Text;
+use crate::tally::{self, DEVICE};
+use crate::virtio::{Device, Virtq};
+use crate::vtd::{irte, Irte, Vtd, TABLE_LOG2_LINUX};
+use crate::{irq, sprintln, text};
+
+/// The vector every device message delivers (counted in [`DEVICE`] by APIC ID).
+pub const VECTOR: u8 = irq::TEST_VECTOR_A;
+/// First IRTE the probe uses.
+pub const IRTE_BASE: u32 = 0x500;
+/// Most MSI-X vectors the scenarios program.
+pub const MAX_VECTORS: usize = 9;
+/// How long a request may take.
+pub const REQUEST_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// Where the device's vectors go.
+pub struct Irqs {
+    /// Target APIC ID of each programmed vector.
+    pub targets: [u32; MAX_VECTORS],
+    /// Vectors programmed.
+    pub count: usize,
+    /// Through interrupt remapping.
+    pub remapped: bool,
+    /// The clock.
+    pub clock: Clock,
+    /// Interrupts expected so far, per vector.
+    expected: [u32; MAX_VECTORS],
+    _vtd: Option<Vtd>,
+}
+
+/// Prepares the CPUs and programs `vectors` MSI-X vectors of `dev` (enabled, unmasked).
+pub fn setup(ctx: &Context, dev: &Device, vectors: usize) -> Result<(Smp, Irqs), Text> {
+    if vectors > MAX_VECTORS || usize::from(dev.msix.vectors()) < vectors {
+        return Err(text!(
+            "{} has {} MSI-X vectors; the scenario programs {}",
+            dev.function,
+            dev.msix.vectors(),
+            vectors
+        ));
+    }
+    let smp = smp::prepare(ctx)?;
+    irq::set_handler(VECTOR, tally::on_device)?;
+    let mut targets = [smp.bsp_id; MAX_VECTORS];
+    let sid = dev.function.sid();
+    let remapping = ir_common::discover(ctx).ok();
+    let vtd = match remapping {
+        Some(platform) => {
+            let mut vtd = ir_common::enable(
+                &platform.pci_unit(dev.function)?,
+                smp.clock,
+                TABLE_LOG2_LINUX,
+            )?;
+            smp::bring_up(ctx, &smp, ApMode::Interrupts)?;
+            let ids = smp.cpus.ids();
+            for (j, t) in targets.iter_mut().take(vectors).enumerate() {
+                *t = ids
+                    .get(ids.len().saturating_sub(1 + j))
+                    .copied()
+                    .unwrap_or(smp.bsp_id);
+                vtd.set_irte(
+                    IRTE_BASE + j as u32,
+                    Irte::remapped(VECTOR, *t).verify_sid(sid),
+                )?;
+                vtd.invalidate_entries(IRTE_BASE + j as u32, 0)?;
+            }
+            Some(vtd)
+        }
+        None => None,
+    };
+    dev.msix.enable_masked();
+    for (j, &t) in targets.iter().take(vectors).enumerate() {
+        let j16 = j as u16;
+        let address = match vtd {
+            Some(_) => irte::remappable_msi_address(IRTE_BASE as u16 + j16, false),
+            None => vfio_common::compat_address(t, true)
+                .ok_or_else(|| text!("APIC ID {} needs remapping", t))?,
+        };
+        let data = if vtd.is_some() { 0 } else { u32::from(VECTOR) };
+        dev.msix.set_entry(j16, address, data, false)?;
+    }
+    dev.msix.unmask_function();
+    sprintln!(
+        "virtio: {} MSI-X vectors {} to APIC IDs {:?}",
+        vectors,
+        if vtd.is_some() {
+            "remapped"
+        } else {
+            "in compatibility format"
+        },
+        &targets[..vectors]
+    );
+    let clock = smp.clock;
+    Ok((
+        smp,
+        Irqs {
+            targets,
+            count: vectors,
+            remapped: vtd.is_some(),
+            clock,
+            expected: [0; MAX_VECTORS],
+            _vtd: vtd,
+        },
+    ))
+}
+
+impl Irqs {
+    /// Waits for `q`'s next used entry and the interrupt of MSI-X vector `vector` on its
+    /// CPU; returns (head, used length).
+    pub fn complete(
+        &mut self,
+        q: &mut Virtq,
+        vector: usize,
+        what: &str,
+    ) -> Result<(u16, u32), Text> {
+        let mut used = None;
+        let done = ir_common::wait(&self.clock, REQUEST_TIMEOUT_NS, || {
+            if used.is_none() {
+                used = q.pop_used();
+            }
+            used.is_some()
+        });
+        let Some(used) = used.filter(|_| done) else {
+            return Err(text!(
+                "{}: queue {} not completed within {} ms",
+                what,
+                q.index,
+                REQUEST_TIMEOUT_NS / NS_PER_MS
+            ));
+        };
+        let target = *self
+            .targets
+            .get(vector)
+            .ok_or_else(|| text!("vector {}", vector))?;
+        if let Some(e) = self.expected.get_mut(vector) {
+            *e += 1;
+        }
+        let want = self.expected_on(target);
+        let arrived = ir_common::wait(&self.clock, REQUEST_TIMEOUT_NS, || {
+            DEVICE.hits(target) >= want
+        });
+        if !arrived {
+            return Err(text!(
+                "{}: no interrupt on APIC ID {} (vector {}) within {} ms; {}",
+                what,
+                target,
+                vector,
+                REQUEST_TIMEOUT_NS / NS_PER_MS,
+                ir_common::Takers(&DEVICE)
+            ));
+        }
+        Ok(used)
+    }
+
+    /// Interrupts expected on APIC ID `id` so far.
+    fn expected_on(&self, id: u32) -> u32 {
+        (0..self.count)
+            .filter(|&j| self.targets[j] == id)
+            .map(|j| self.expected[j])
+            .sum()
+    }
+
+    /// Checks that every CPU took exactly the interrupts its vectors were due.
+    pub fn check_all(&self) -> Result<u32, Text> {
+        ir_common::settle(&self.clock, ir_common::SETTLE_NS);
+        let total: u32 = self.expected.iter().sum();
+        for j in 0..self.count {
+            let t = self.targets[j];
+            if DEVICE.hits(t) != self.expected_on(t) {
+                return Err(text!(
+                    "APIC ID {} took {} interrupts, expected {}; {}",
+                    t,
+                    DEVICE.hits(t),
+                    self.expected_on(t),
+                    ir_common::Takers(&DEVICE)
+                ));
+            }
+        }
+        if DEVICE.total() != total {
+            return Err(text!(
+                "{} interrupts for {} completions; {}",
+                DEVICE.total(),
+                total,
+                ir_common::Takers(&DEVICE)
+            ));
+        }
+        Ok(total)
+    }
+}
