@@ -23,11 +23,15 @@ const RX_LEN: usize = 256;
 pub fn run(ctx: &Context) -> Outcome {
     let dev = Device::find(TYPE_CONSOLE)?;
     sprintln!("virtio-console: {} found", dev.function);
-    let (_smp, mut irqs) = virtio_common::setup(ctx, &dev, 3)?;
+    // Configuration, receive, transmit; QEMU's virtio-serial-pci has two vectors, so the
+    // queues share one there.
+    let vectors = usize::from(dev.msix.vectors()).clamp(2, 3);
+    let tx_vector = vectors - 1;
+    let (_smp, mut irqs) = virtio_common::setup(ctx, &dev, vectors)?;
     dev.init(&irqs.clock, 0)?;
     dev.set_config_vector(0);
     let mut rx = dev.setup_queue(0, 1)?;
-    let mut tx = dev.setup_queue(1, 2)?;
+    let mut tx = dev.setup_queue(1, tx_vector as u16)?;
     dev.driver_ok();
     for (i, b) in GREETING.iter().enumerate() {
         virtio::data_write(TX_AT + i, *b);
@@ -41,7 +45,7 @@ pub fn run(ctx: &Context) -> Outcome {
         }],
     );
     tx.kick();
-    irqs.complete(&mut tx, 2, "virtio-console transmit")?;
+    irqs.complete(&mut tx, tx_vector, "virtio-console transmit")?;
     let mut received = 0usize;
     if let Some(word) = pvh::cmdline_value(ctx.cmdline, "probe.hvc_input") {
         while received < word.len() {
