@@ -544,8 +544,14 @@ impl<B: InterruptBackend + 'static> InterruptRouter<B> {
                     }
                 }
                 Covers::Devices(ids) => {
+                    // Sources without a message have nothing to re-translate.
                     for id in ids {
-                        affected.extend(st.reg.by_sid(id.0));
+                        let programmed: Vec<u32> = st
+                            .reg
+                            .by_sid(id.0)
+                            .filter(|h| st.reg.get(IrqHandle(*h)).is_some_and(|s| s.raw.is_some()))
+                            .collect();
+                        affected.extend(programmed);
                     }
                 }
             }
