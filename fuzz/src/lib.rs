@@ -21,6 +21,11 @@
 //!   interrupt remapping and guest-mode posting against fuzzer-controlled guest memory.
 //! * [`vfio_user_client`]: the vfio-user client against a scripted device server whose
 //!   answers the fuzzer chooses.
+//! * [`virtio_queue`]: virtqueue parsing and the virtio-blk, virtio-rng and virtio-console
+//!   request paths over fuzzer-written rings, descriptors and buffers.
+//! * [`virtio_pci_config`]: the virtio-pci transport (configuration space, capabilities,
+//!   common configuration, ISR, device configuration, notifications, MSI-X) with its real
+//!   I/O thread.
 //! * [`vfio_function`]: a passed-through PCI function (emulated configuration space, MSI,
 //!   MSI-X table and PBA, BAR forwarding) over a device whose layout the fuzzer chooses.
 //!
@@ -41,6 +46,8 @@ pub mod pci_config;
 pub mod remap_decode;
 pub mod vfio_function;
 pub mod vfio_user_client;
+pub mod virtio_pci_config;
+pub mod virtio_queue;
 pub mod vtd_mmio;
 pub mod vtd_posting;
 

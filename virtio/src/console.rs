@@ -192,15 +192,20 @@ impl QueueHandler for ConsoleHandler {
         "console"
     }
 
-    fn process_queue(&mut self, index: usize, active: &mut Activation) -> Result<(), DeviceError> {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        active: &mut Activation,
+    ) -> Result<bool, DeviceError> {
         match index {
             RECEIVEQ => {
                 self.take_input();
-                self.fill_receiveq(active)
+                self.fill_receiveq(active)?;
+                Ok(false)
             }
             TRANSMITQ => {
                 let (output, buf) = (&mut self.output, &mut self.tx_buf);
-                let used = drain_queue(TRANSMITQ, active, |segs, mem| {
+                let (used, more) = drain_queue(TRANSMITQ, active, |segs, mem| {
                     let mut r = Cursor::new(&segs.readable);
                     while r.remaining() > 0 {
                         let n = usize::try_from(r.remaining()).unwrap_or(TX_MAX).min(TX_MAX);
@@ -220,9 +225,9 @@ impl QueueHandler for ConsoleHandler {
                 if used {
                     active.notify(TRANSMITQ);
                 }
-                Ok(())
+                Ok(more)
             }
-            _ => Ok(()),
+            _ => Ok(false),
         }
     }
 

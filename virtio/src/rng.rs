@@ -71,9 +71,13 @@ impl QueueHandler for RngHandler {
         "rng"
     }
 
-    fn process_queue(&mut self, index: usize, active: &mut Activation) -> Result<(), DeviceError> {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        active: &mut Activation,
+    ) -> Result<bool, DeviceError> {
         let (source, buf) = (&mut self.source, &mut self.buf);
-        let used = drain_queue(index, active, |segs, mem| {
+        let (used, more) = drain_queue(index, active, |segs, mem| {
             let mut w = Cursor::new(&segs.writable);
             let n = usize::try_from(w.remaining())
                 .unwrap_or(RNG_MAX_REQUEST)
@@ -96,6 +100,6 @@ impl QueueHandler for RngHandler {
         if used {
             active.notify(index);
         }
-        Ok(())
+        Ok(more)
     }
 }

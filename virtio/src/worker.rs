@@ -75,28 +75,36 @@ impl Activation {
     }
 }
 
-/// Serves every available chain of `queue` in `active`; handing each to `serve`
-/// (which returns the used length); returns whether any was used. Errors are the driver's (a bad available ring or head index).
+/// Serves the available chains of `queue` in `active`, handing each to `serve` (which
+/// returns the used length), at most one queue's worth per call, so a driver that keeps
+/// adding entries (or rings that overlap, so the device's own writes look like new
+/// entries) cannot hold the I/O thread. Returns (whether any was used, whether it stopped
+/// with work left). Errors are the driver's (a bad available ring or head index).
 pub fn drain_queue<F>(
     index: usize,
     active: &mut Activation,
     mut serve: F,
-) -> Result<bool, DeviceError>
+) -> Result<(bool, bool), DeviceError>
 where
     F: FnMut(Segments, &GuestMemoryMmap) -> u32,
 {
     let mem = active.mem.clone();
     let Some(Some(queue)) = active.queues.get_mut(index) else {
-        return Ok(false);
+        return Ok((false, false));
     };
     let err = |source| DeviceError::Queue {
         queue: index,
         source,
     };
     let mut used = false;
+    let mut budget = queue.size();
     loop {
         queue.disable_notification(&mem).map_err(err)?;
         loop {
+            if budget == 0 {
+                return Ok((used, true));
+            }
+            budget -= 1;
             let chain = queue.iter(&mem).map_err(err)?.next();
             let Some(chain) = chain else { break };
             let head = chain.head_index();
@@ -108,7 +116,7 @@ where
             break;
         }
     }
-    Ok(used)
+    Ok((used, false))
 }
 
 /// Takes the next available chain of `queue`: its head index and buffers.
@@ -130,7 +138,10 @@ pub trait QueueHandler: Send + 'static {
 
     /// Queue `index` was notified: serve what the driver made available and
     /// [`Activation::notify`] it. An error sets `DEVICE_NEEDS_RESET`.
-    fn process_queue(&mut self, index: usize, active: &mut Activation) -> Result<(), DeviceError>;
+    /// Returns true when it stopped with work left: the thread comes back to the queue
+    /// after its other events.
+    fn process_queue(&mut self, index: usize, active: &mut Activation)
+        -> Result<bool, DeviceError>;
 
     /// File descriptors of the device's own event sources (watched for input).
     fn sources(&self) -> Vec<RawFd> {
@@ -225,9 +236,17 @@ impl Subscriber {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if let Err(e) = self.handler.process_queue(q, active) {
-            warn!("{}: {e}; the device needs a reset", self.handler.name());
-            self.interrupt.needs_reset();
+        match self.handler.process_queue(q, active) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Some(fd) = self.notifiers.get(q) {
+                    let _ = fd.write(1);
+                }
+            }
+            Err(e) => {
+                warn!("{}: {e}; the device needs a reset", self.handler.name());
+                self.interrupt.needs_reset();
+            }
         }
     }
 

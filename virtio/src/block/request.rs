@@ -283,11 +283,15 @@ impl QueueHandler for BlockHandler {
         &self.name
     }
 
-    fn process_queue(&mut self, index: usize, active: &mut Activation) -> Result<(), DeviceError> {
-        let used = drain_queue(index, active, |segs, mem| self.execute(segs, mem))?;
+    fn process_queue(
+        &mut self,
+        index: usize,
+        active: &mut Activation,
+    ) -> Result<bool, DeviceError> {
+        let (used, more) = drain_queue(index, active, |segs, mem| self.execute(segs, mem))?;
         if used {
             active.notify(index);
         }
-        Ok(())
+        Ok(more)
     }
 }
