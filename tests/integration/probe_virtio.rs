@@ -176,6 +176,40 @@ fn every_device_together_each_found_by_id() {
     assert!(run.saw("virtio-rng: 00:04.0 found"), "{}", run.dump());
 }
 
+/// A hostile driver: a queue size that is not a power of two, device-configuration writes
+/// of every size, notifies of missing and stopped queues, a short header, a buffer outside
+/// RAM, a looping chain and a runaway available index; irvmm answers each as the virtio
+/// specification says (IOERR, a dropped chain, DEVICE_NEEDS_RESET with a configuration
+/// interrupt) and keeps running; the image is untouched.
+#[test]
+fn virtio_blk_hostile_driver_288_vcpus() {
+    let img = Image::new("bad");
+    let disk = format!("path={}", img.path());
+    let run = match run_probe(
+        "virtio-blk-bad",
+        &[&IR_288[..], &["--disk", &disk]].concat(),
+    ) {
+        Ok(r) => r,
+        Err(why) => return skip("virtio_blk_hostile", &why),
+    };
+    assert_probe_pass(
+        &run,
+        "virtio-blk-bad",
+        &[
+            "bad_size=needs_reset",
+            "short=ioerr",
+            "outside=ioerr",
+            "loop=dropped",
+            "runaway=needs_reset",
+        ],
+    );
+    let d = fs::read(&img.0).expect("read image");
+    assert!(
+        d.iter().enumerate().all(|(o, &b)| b == pattern(o)),
+        "the image changed"
+    );
+}
+
 /// Runs irvmm with `input` on standard input; returns (exit code, stdout, stderr).
 fn run_with_stdin(args: &[&str], input: &[u8]) -> (Option<i32>, String, String) {
     let mut child = Command::new("timeout")

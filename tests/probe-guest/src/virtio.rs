@@ -296,6 +296,13 @@ impl Device {
     /// Sets up queue `index` with at most [`QUEUE_ENTRIES`] entries (power of two) whose
     /// interrupts go to MSI-X vector `vector`, and enables it.
     pub fn setup_queue(&self, index: u16, vector: u16) -> Result<Virtq, Text> {
+        let q = self.setup_queue_unenabled(index, vector)?;
+        self.common.write16(QUEUE_ENABLE, 1);
+        Ok(q)
+    }
+
+    /// [`Device::setup_queue`] without the final enable.
+    fn setup_queue_unenabled(&self, index: u16, vector: u16) -> Result<Virtq, Text> {
         if usize::from(index) >= MAX_QUEUES {
             return Err(text!("queue {} beyond the probe's {}", index, MAX_QUEUES));
         }
@@ -327,7 +334,6 @@ impl Device {
         let addr = self.notify_base + off * u64::from(self.notify_multiplier);
         let notify = Mmio::new("virtio notify", addr & !7, 8)?;
         let notify_at = addr & 7;
-        self.common.write16(QUEUE_ENABLE, 1);
         Ok(Virtq {
             index,
             size,
@@ -337,6 +343,34 @@ impl Device {
             next_avail: 0,
             last_used: 0,
         })
+    }
+
+    /// Programs queue `index` with `size` entries exactly as given (a hostile driver may
+    /// write any size) and enables it; returns the queue (its ring holds
+    /// [`QUEUE_ENTRIES`] entries at most).
+    pub fn setup_queue_sized(&self, index: u16, vector: u16, size: u16) -> Result<Virtq, Text> {
+        let mut q = self.setup_queue_unenabled(index, vector)?;
+        self.common.write16(QUEUE_SIZE, size);
+        q.size = size.clamp(1, QUEUE_ENTRIES);
+        self.common.write16(QUEUE_ENABLE, 1);
+        Ok(q)
+    }
+
+    /// Writes `data` (1, 2, 4 or 8 bytes) into the device configuration at `offset`.
+    pub fn config_write(&self, offset: u64, data: u64, size: u64) {
+        match size {
+            1 => self.config.write8(offset, data as u8),
+            2 => self.config.write16(offset, data as u16),
+            4 => self.config.write32(offset, data as u32),
+            _ => self.config.write64(offset, data),
+        }
+    }
+
+    /// Notifies queue `index` through the notification area (whatever the queue's state).
+    pub fn notify_raw(&self, index: u16) -> Result<(), Text> {
+        let addr = self.notify_base + u64::from(index) * u64::from(self.notify_multiplier);
+        Mmio::new("virtio notify", addr & !7, 8)?.write16(addr & 7, index);
+        Ok(())
     }
 
     /// Sets DRIVER_OK.
@@ -383,6 +417,31 @@ impl Virtq {
         store::<u16>(avail + 2, self.next_avail);
         fence(Ordering::SeqCst);
         head
+    }
+
+    /// Writes descriptor `i` as given (hostile chains).
+    pub fn write_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = self.desc(i);
+        store::<u64>(d, addr);
+        store::<u32>(d + 8, len);
+        store::<u16>(d + 12, flags);
+        store::<u16>(d + 14, next);
+    }
+
+    /// Makes `head` available without touching descriptors.
+    pub fn push_head(&mut self, head: u16) {
+        let avail = self.ring + AVAIL_AT;
+        store::<u16>(avail + 4 + 2 * u64::from(self.next_avail % self.size), head);
+        fence(Ordering::SeqCst);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        store::<u16>(avail + 2, self.next_avail);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Claims `ahead` more available entries than were written (a runaway index).
+    pub fn runaway_avail(&self, ahead: u16) {
+        store::<u16>(self.ring + AVAIL_AT + 2, self.next_avail.wrapping_add(ahead));
+        fence(Ordering::SeqCst);
     }
 
     /// Asks for no interrupts (polling) or for them again.

@@ -61,6 +61,7 @@ mod vfio_intx;
 mod vfio_mask;
 mod vfio_remap;
 mod virtio_blk;
+mod virtio_blk_bad;
 mod virtio_blk_bench;
 mod virtio_common;
 mod virtio_console;
@@ -260,6 +261,11 @@ pub static ALL: &[Scenario] = &[
         name: "virtio-blk",
         summary: "virtio-blk by PCI ID: read, write on every queue, flush, discard, write-zeroes, IOERR past the end, reset; interrupts on their CPUs",
         run: virtio_blk::run,
+    },
+    Scenario {
+        name: "virtio-blk-bad",
+        summary: "a hostile virtio-blk driver: bad queue size, config writes, stray notifies, short/outside-RAM/looping chains, runaway index; the VMM survives",
+        run: virtio_blk_bad::run,
     },
     Scenario {
         name: "virtio-blk-bench",

@@ -171,6 +171,19 @@ impl Irqs {
         Ok(used)
     }
 
+    /// Waits for one more interrupt of MSI-X vector `vector` (a configuration change).
+    pub fn expect_interrupt(&mut self, vector: usize, what: &str) -> Result<(), Text> {
+        let target = *self.targets.get(vector).ok_or_else(|| text!("vector {}", vector))?;
+        if let Some(e) = self.expected.get_mut(vector) {
+            *e += 1;
+        }
+        let want = self.expected_on(target);
+        if ir_common::wait(&self.clock, REQUEST_TIMEOUT_NS, || DEVICE.hits(target) >= want) {
+            return Ok(());
+        }
+        Err(text!("{}: no interrupt on APIC ID {} (vector {}); {}", what, target, vector, ir_common::Takers(&DEVICE)))
+    }
+
     /// Interrupts expected on APIC ID `id` so far.
     fn expected_on(&self, id: u32) -> u32 {
         (0..self.count)
