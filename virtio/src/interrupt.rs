@@ -9,7 +9,7 @@
 //! which sets the vector's pending bit. [`VIRTIO_MSI_NO_VECTOR`] means "no interrupt":
 //! the ISR bit is still set, nothing is signalled (irvmm offers no INTx fallback).
 
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use log::debug;
@@ -27,6 +27,9 @@ pub struct VirtioInterrupt {
     isr: AtomicU8,
     status: AtomicU8,
     signalled: AtomicU64,
+    /// Bus Master Enable: an MSI is a memory write, which a function with it clear does
+    /// not make.
+    bus_master: AtomicBool,
 }
 
 impl VirtioInterrupt {
@@ -42,6 +45,7 @@ impl VirtioInterrupt {
             isr: AtomicU8::new(0),
             status: AtomicU8::new(0),
             signalled: AtomicU64::new(0),
+            bus_master: AtomicBool::new(true),
         }
     }
 
@@ -95,7 +99,16 @@ impl VirtioInterrupt {
         self.isr.store(0, Ordering::SeqCst);
     }
 
+    /// Follows the command register's Bus Master Enable.
+    pub fn set_bus_master(&self, on: bool) {
+        self.bus_master.store(on, Ordering::SeqCst);
+    }
+
     fn fire(&self, vector: u16) {
+        if !self.bus_master.load(Ordering::SeqCst) {
+            debug!("virtio: interrupt dropped: bus mastering disabled");
+            return;
+        }
         match self.vectors.get(usize::from(vector)) {
             Some(fd) => {
                 if let Err(e) = fd.write(1) {
@@ -193,6 +206,9 @@ mod tests {
         irq.set_config_vector(1);
         irq.signal_config();
         assert_eq!(v[1].read().unwrap(), 1);
+        irq.set_bus_master(false);
+        irq.signal_config();
+        assert!(v[1].read().is_err(), "no MSI without bus mastering");
         irq.reset_vectors();
         assert_eq!(irq.queue_vector(0), VIRTIO_MSI_NO_VECTOR);
         assert_eq!(irq.config_vector(), VIRTIO_MSI_NO_VECTOR);

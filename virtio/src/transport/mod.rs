@@ -15,7 +15,8 @@
 //! transport (no ioeventfd) signals the same eventfd. The device's I/O thread
 //! ([`crate::worker`]) consumes them.
 //!
-//! Interrupts: MSI-X vector `i`'s eventfd is the VMM's irqfd source; masking is handled by
+//! Interrupts: MSI-X vector `i`'s eventfd is the VMM's irqfd source (nothing is sent while
+//! Bus Master Enable is clear); masking is handled by
 //! [`devices::pci::MsixCapability`] with the VMM's sink, and masked fires come back
 //! through [`VirtioPciDevice::masked_fire`] to set the pending bit.
 
@@ -274,6 +275,7 @@ impl VirtioPciDevice {
         config.set_writable_u32(pci_cfg + VIRTIO_PCI_CFG_DATA, u32::MAX);
 
         let interrupt = Arc::new(VirtioInterrupt::new(vectors, queues));
+        interrupt.set_bus_master(config.bus_master_enabled());
         let notifiers = (0..queues)
             .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
@@ -541,6 +543,8 @@ impl PciFunction for VirtioPciDevice {
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Vec<ConfigWriteEffect> {
         let effects = self.config.write(offset, data);
         self.msix.config_written(&self.config);
+        self.interrupt
+            .set_bus_master(self.config.bus_master_enabled());
         for fx in &effects {
             if let ConfigWriteEffect::BarMoved {
                 bar: VIRTIO_BAR,

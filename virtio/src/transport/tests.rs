@@ -365,3 +365,32 @@ fn device_config_and_odd_accesses() {
     assert_eq!(d, [0xff; 3]);
     b.dev.bar_write(2, 0, &d);
 }
+
+#[test]
+fn a_kick_before_driver_ok_is_served_once_started() {
+    let mut b = rng();
+    b.setup(16);
+    // The driver kicks a queue that is not running yet: nothing happens...
+    b.offer(0, 16);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(b.used_idx(), 0);
+    assert_eq!(b.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
+    // ...until it starts the device.
+    b.set_status(ACK | FOK | DOK);
+    assert!(wait(|| b.used_idx() == 1), "pending kick lost");
+}
+
+#[test]
+fn no_interrupt_without_bus_mastering() {
+    let mut b = rng();
+    b.setup(16);
+    b.set_status(ACK | FOK | DOK);
+    b.dev.config_write(PCI_COMMAND, &2u16.to_le_bytes());
+    b.offer(0, 16);
+    assert!(wait(|| b.used_idx() == 1));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        b.vectors[0].read().is_err(),
+        "an MSI with bus mastering off"
+    );
+}
