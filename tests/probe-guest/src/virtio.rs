@@ -440,7 +440,10 @@ impl Virtq {
 
     /// Claims `ahead` more available entries than were written (a runaway index).
     pub fn runaway_avail(&self, ahead: u16) {
-        store::<u16>(self.ring + AVAIL_AT + 2, self.next_avail.wrapping_add(ahead));
+        store::<u16>(
+            self.ring + AVAIL_AT + 2,
+            self.next_avail.wrapping_add(ahead),
+        );
         fence(Ordering::SeqCst);
     }
 

@@ -202,7 +202,7 @@ pub fn run(ctx: &Context) -> Outcome {
     let dev = Device::find(TYPE_BLOCK)?;
     sprintln!("virtio-blk: {} found", dev.function);
     let vectors = usize::from(dev.msix.vectors()).min(usize::from(MAX_QUEUES) + 1);
-    let (_smp, mut irqs) = virtio_common::setup(ctx, &dev, vectors)?;
+    let (smp, mut irqs) = virtio_common::setup(ctx, &dev, vectors)?;
     let mut disk = open(dev, &irqs, MAX_QUEUES)?;
     if disk.capacity < 64 {
         return Err(text!(
@@ -353,6 +353,28 @@ pub fn run(ctx: &Context) -> Outcome {
     if s != S_IOERR {
         return Err(text!("read at the capacity: status {}, expected IOERR", s));
     }
+    // 5b. With remapping: move queue 0's vector by its IRTE alone; the next completion
+    // must interrupt the new CPU (the lowest APIC ID that is no target).
+    let mut moved = text!("none");
+    if irqs.remapped {
+        let ids = smp.cpus.ids();
+        let to = ids
+            .iter()
+            .copied()
+            .find(|id| !irqs.targets[..irqs.count].contains(id))
+            .ok_or_else(|| text!("no CPU left to move a vector to"))?;
+        let from = irqs.targets[1];
+        irqs.move_vector(1, to, disk.dev.function.sid())?;
+        disk.expect_ok(
+            &mut irqs,
+            0,
+            T_IN,
+            0,
+            Some((DATA_AT, SECTOR as u32, true)),
+            "read after the IRTE move",
+        )?;
+        moved = text!("{}->{}", from, to);
+    }
     let irq_total = irqs.check_all()?;
 
     // 6. Reset and re-initialise.
@@ -370,13 +392,14 @@ pub fn run(ctx: &Context) -> Outcome {
     check_read(0, 1, pattern, "read after reset")?;
     let irq_total = irq_total.max(irqs.check_all()?);
     Ok(text!(
-        "capacity={} queues={} serial={} discard={} write_zeroes={} irqs={} remapped={}",
+        "capacity={} queues={} serial={} discard={} write_zeroes={} irqs={} remapped={} moved={}",
         disk.capacity,
         nq,
         serial,
         u8::from(discard),
         u8::from(zeroes),
         irq_total,
-        u8::from(irqs.remapped)
+        u8::from(irqs.remapped),
+        moved
     ))
 }

@@ -18,7 +18,7 @@ use super::virtio_blk::{open, pattern};
 use super::virtio_common;
 use super::Context;
 use crate::report::{Outcome, Text};
-use crate::virtio::{self, Device, S_FEATURES_OK, TYPE_BLOCK, DESC_NEXT, DESC_WRITE};
+use crate::virtio::{self, Device, DESC_NEXT, DESC_WRITE, S_FEATURES_OK, TYPE_BLOCK};
 use crate::{sprintln, text};
 
 const T_IN: u32 = 0;
@@ -31,17 +31,30 @@ const DATA_AT: usize = 4096;
 const OUTSIDE_RAM: u64 = 0x7fff_0000_0000;
 
 fn header(kind: u32, sector: u64) {
-    for (i, b) in kind.to_le_bytes().iter().chain(&[0u8; 4]).chain(&sector.to_le_bytes()).enumerate() {
+    for (i, b) in kind
+        .to_le_bytes()
+        .iter()
+        .chain(&[0u8; 4])
+        .chain(&sector.to_le_bytes())
+        .enumerate()
+    {
         virtio::data_write(HEADER_AT + i, *b);
     }
     virtio::data_write(STATUS_AT, 0xee);
 }
 
 fn wait_status(dev: &Device, irqs: &virtio_common::Irqs, bit: u8, what: &str) -> Result<(), Text> {
-    if super::ir_common::wait(&irqs.clock, virtio_common::REQUEST_TIMEOUT_NS, || dev.status() & bit != 0) {
+    if super::ir_common::wait(&irqs.clock, virtio_common::REQUEST_TIMEOUT_NS, || {
+        dev.status() & bit != 0
+    }) {
         return Ok(());
     }
-    Err(text!("{}: status 0x{:x}, expected bit 0x{:x}", what, dev.status(), bit))
+    Err(text!(
+        "{}: status 0x{:x}, expected bit 0x{:x}",
+        what,
+        dev.status(),
+        bit
+    ))
 }
 
 /// Runs the scenario.
@@ -61,7 +74,11 @@ pub fn run(ctx: &Context) -> Outcome {
         dev.config_write(off, u64::MAX, size);
     }
     if dev.config64(0) != capacity {
-        return Err(text!("capacity changed from {} to {} by config writes", capacity, dev.config64(0)));
+        return Err(text!(
+            "capacity changed from {} to {} by config writes",
+            capacity,
+            dev.config64(0)
+        ));
     }
 
     // 3. Notifies of a queue that does not exist and of one not yet running.
@@ -99,7 +116,12 @@ pub fn run(ctx: &Context) -> Outcome {
     q.kick();
     let (_, loop_len) = irqs.complete(&mut q, 1, "looping chain")?;
     if short != S_IOERR || outside != S_IOERR || loop_len != 0 {
-        return Err(text!("short header status {}, outside RAM status {}, loop used length {}", short, outside, loop_len));
+        return Err(text!(
+            "short header status {}, outside RAM status {}, loop used length {}",
+            short,
+            outside,
+            loop_len
+        ));
     }
     let mut disk = open(dev, &irqs, 1)?;
     let (s, _) = disk.request(&mut irqs, 0, T_IN, 1, Some((DATA_AT, 512, true)))?;

@@ -27,6 +27,8 @@ pub const VECTOR: u8 = irq::TEST_VECTOR_A;
 pub const IRTE_BASE: u32 = 0x500;
 /// Most MSI-X vectors the scenarios program.
 pub const MAX_VECTORS: usize = 9;
+/// APIC IDs the expectations can name (vectors, plus the CPUs they were moved to).
+const EXPECTED_IDS: usize = 2 * MAX_VECTORS;
 /// How long a request may take.
 pub const REQUEST_TIMEOUT_NS: u64 = 5_000_000_000;
 
@@ -40,8 +42,9 @@ pub struct Irqs {
     pub remapped: bool,
     /// The clock.
     pub clock: Clock,
-    /// Interrupts expected so far, per vector.
-    expected: [u32; MAX_VECTORS],
+    /// Interrupts expected so far, per APIC ID: (ID, count), `used` of them filled.
+    expected: [(u32, u32); EXPECTED_IDS],
+    used: usize,
     strict: bool,
     _vtd: Option<Vtd>,
 }
@@ -116,7 +119,8 @@ pub fn setup(ctx: &Context, dev: &Device, vectors: usize) -> Result<(Smp, Irqs),
             count: vectors,
             remapped: vtd.is_some(),
             clock,
-            expected: [0; MAX_VECTORS],
+            expected: [(0, 0); EXPECTED_IDS],
+            used: 0,
             strict,
             _vtd: vtd,
         },
@@ -151,9 +155,7 @@ impl Irqs {
             .targets
             .get(vector)
             .ok_or_else(|| text!("vector {}", vector))?;
-        if let Some(e) = self.expected.get_mut(vector) {
-            *e += 1;
-        }
+        self.expect(target)?;
         let want = self.expected_on(target);
         let arrived = ir_common::wait(&self.clock, REQUEST_TIMEOUT_NS, || {
             DEVICE.hits(target) >= want
@@ -173,45 +175,86 @@ impl Irqs {
 
     /// Waits for one more interrupt of MSI-X vector `vector` (a configuration change).
     pub fn expect_interrupt(&mut self, vector: usize, what: &str) -> Result<(), Text> {
-        let target = *self.targets.get(vector).ok_or_else(|| text!("vector {}", vector))?;
-        if let Some(e) = self.expected.get_mut(vector) {
-            *e += 1;
-        }
+        let target = *self
+            .targets
+            .get(vector)
+            .ok_or_else(|| text!("vector {}", vector))?;
+        self.expect(target)?;
         let want = self.expected_on(target);
-        if ir_common::wait(&self.clock, REQUEST_TIMEOUT_NS, || DEVICE.hits(target) >= want) {
+        if ir_common::wait(&self.clock, REQUEST_TIMEOUT_NS, || {
+            DEVICE.hits(target) >= want
+        }) {
             return Ok(());
         }
-        Err(text!("{}: no interrupt on APIC ID {} (vector {}); {}", what, target, vector, ir_common::Takers(&DEVICE)))
+        Err(text!(
+            "{}: no interrupt on APIC ID {} (vector {}); {}",
+            what,
+            target,
+            vector,
+            ir_common::Takers(&DEVICE)
+        ))
+    }
+
+    /// Counts one more interrupt due on APIC ID `id`.
+    fn expect(&mut self, id: u32) -> Result<(), Text> {
+        if let Some(e) = self.expected[..self.used].iter_mut().find(|e| e.0 == id) {
+            e.1 += 1;
+            return Ok(());
+        }
+        let slot = self
+            .expected
+            .get_mut(self.used)
+            .ok_or_else(|| text!("more than {} target CPUs", EXPECTED_IDS))?;
+        *slot = (id, 1);
+        self.used += 1;
+        Ok(())
     }
 
     /// Interrupts expected on APIC ID `id` so far.
     fn expected_on(&self, id: u32) -> u32 {
-        (0..self.count)
-            .filter(|&j| self.targets[j] == id)
-            .map(|j| self.expected[j])
+        self.expected[..self.used]
+            .iter()
+            .filter(|e| e.0 == id)
+            .map(|e| e.1)
             .sum()
+    }
+
+    /// Moves MSI-X vector `vector` to APIC ID `to` by rewriting its IRTE and invalidating
+    /// it (index-selective), leaving the device's MSI-X table alone: the next interrupt
+    /// must arrive there. Needs remapping.
+    pub fn move_vector(&mut self, vector: usize, to: u32, sid: u16) -> Result<(), Text> {
+        let vtd = self
+            ._vtd
+            .as_mut()
+            .ok_or_else(|| text!("moving a vector needs interrupt remapping"))?;
+        let index = IRTE_BASE + vector as u32;
+        vtd.set_irte(index, Irte::remapped(VECTOR, to).verify_sid(sid))?;
+        vtd.invalidate_entries(index, 0)?;
+        if let Some(t) = self.targets.get_mut(vector) {
+            *t = to;
+        }
+        Ok(())
     }
 
     /// Checks that every CPU took exactly the interrupts its vectors were due.
     pub fn check_all(&self) -> Result<u32, Text> {
         ir_common::settle(&self.clock, ir_common::SETTLE_NS);
-        let total: u32 = self.expected.iter().sum();
-        for j in 0..self.count {
-            let t = self.targets[j];
-            let (hits, due) = (DEVICE.hits(t), self.expected_on(t));
+        let total: u32 = self.expected[..self.used].iter().map(|e| e.1).sum();
+        for &(t, due) in &self.expected[..self.used] {
+            let hits = DEVICE.hits(t);
             if hits < due || self.strict && hits != due {
                 return Err(text!(
                     "APIC ID {} took {} interrupts, expected {}; {}",
                     t,
-                    DEVICE.hits(t),
-                    self.expected_on(t),
+                    hits,
+                    due,
                     ir_common::Takers(&DEVICE)
                 ));
             }
         }
-        let on_targets: u32 = (0..self.count)
-            .filter(|&j| !self.targets[..j].contains(&self.targets[j]))
-            .map(|j| DEVICE.hits(self.targets[j]))
+        let on_targets: u32 = self.expected[..self.used]
+            .iter()
+            .map(|e| DEVICE.hits(e.0))
             .sum();
         if DEVICE.total() != on_targets || self.strict && DEVICE.total() != total {
             return Err(text!(
