@@ -175,6 +175,7 @@ fn amd_scenarios_fail_without_an_amd_vi_unit() {
         "amd-ir-many",
         "amd-ga",
         "amd-bench",
+        "vfio-amd-ga",
     ] {
         let run = match run_probe(scenario, &none) {
             Ok(r) => r,

@@ -4,6 +4,8 @@
 //! exit report (`RUST_LOG=info`): which BAR pages trapped, and how the MSI-X vectors were
 //! delivered. Also the `--device` refusals a bad device or option must produce before
 //! anything starts, and a server that dies while the guest runs.
+//! Also one passed-through vector taken into AMD-Vi guest virtual APIC mode and back
+//! (`vfio-amd-ga`, `--iommu amd`), with irvmm's irqfd binds and VMM deliveries checked.
 
 mod common;
 
@@ -234,6 +236,72 @@ fn vfio_msix_extdest_64_vectors_without_iommu() {
         run.dump()
     );
     assert!(in_kvm >= 64, "{in_kvm} vectors in KVM\n{}", run.dump());
+}
+
+// --- AMD-Vi guest virtual APIC mode ------------------------------------------------------
+
+/// From irvmm's `interrupt router: ... irqfd_binds=N irqfd_unbinds=M` line: (N, M).
+fn irqfd_bindings(run: &GuestRun) -> (u64, u64) {
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("interrupt router:"))
+        .unwrap_or_else(|| panic!("no interrupt router line\n{}", run.dump()));
+    let count = |key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}N in '{line}'"))
+    };
+    (count("irqfd_binds="), count("irqfd_unbinds="))
+}
+
+#[test]
+fn vfio_amd_ga_vector_leaves_kvm_in_guest_mode_and_comes_back() {
+    let Some((run, _device)) = passthrough(
+        "vfio_amd_ga",
+        &[],
+        None,
+        "vfio-amd-ga",
+        &["--cpus", "288", "--iommu", "amd"],
+    ) else {
+        return;
+    };
+    assert_clean_pass(
+        &run,
+        "vfio-amd-ga",
+        &[
+            "devid=0x0008",
+            "vector=7",
+            "irte=0x60",
+            "tag=0x00000209",
+            "guest_vector=0x41",
+            "remapped_to=287",
+            "posted=2",
+            "ga_log=1",
+            "back_to_remapped=ok",
+        ],
+    );
+    // The test device is the only irqfd source, so the router's counters are its group's:
+    // bound (remapped), unbound (guest mode: the VMM watches the eventfd), bound again.
+    let (binds, unbinds) = irqfd_bindings(&run);
+    assert!(
+        binds >= 2 && unbinds >= 1,
+        "expected at least 2 irqfd binds and 1 unbind, got {binds} and {unbinds}\n{}",
+        run.dump()
+    );
+    let (in_kvm, by_vmm) = msix_delivery(&run);
+    assert_eq!(
+        by_vmm,
+        2,
+        "the two guest-mode interrupts are the VMM's, the remapped ones KVM's\n{}",
+        run.dump()
+    );
+    assert!(
+        in_kvm >= 1,
+        "the vector must be back in KVM at exit ({in_kvm})\n{}",
+        run.dump()
+    );
 }
 
 // --- masking, DMA, INTx -----------------------------------------------------------------

@@ -21,6 +21,7 @@
 //!
 //! The `vfio-*` scenarios drive the vfio-user test device (1234:11ea) that irvmm passes
 //! through (`--device vfio-user,socket=...`); their shared parts are in `vfio_common`.
+//! `vfio-amd-ga` takes one of its vectors into AMD-Vi guest virtual APIC mode and back.
 //! `vfio-bench-irq` and `vfio-bench-mmio` time its interrupts and register accesses for the
 //! benchmarks in `benches/` (statistics in `bench_stats`).
 
@@ -50,6 +51,7 @@ mod poweroff;
 mod reset;
 mod smp;
 mod triple_fault;
+mod vfio_amd_ga;
 mod vfio_basic;
 mod vfio_bench_irq;
 mod vfio_bench_mmio;
@@ -226,6 +228,11 @@ pub static ALL: &[Scenario] = &[
         name: "vfio-bench-mmio",
         summary: "times probe.accesses=N reads and N writes of the passthrough device's SCRATCH register (BAR0 page 0)",
         run: vfio_bench_mmio::run,
+    },
+    Scenario {
+        name: "vfio-amd-ga",
+        summary: "a passthrough MSI-X vector through an AMD-Vi IRTE: remapped, guest mode (IRR, GA log with tag and device ID, GA interrupt; IsRun=1 unannounced: IRR only), back to remapped",
+        run: vfio_amd_ga::run,
     },
     Scenario {
         name: "vtd-pi",
