@@ -43,7 +43,7 @@ pub struct RouterStats {
     /// Messages the VMM injected with `KVM_SIGNAL_MSI` for device vectors (emulated
     /// devices' vectors, and irqfd vectors the VMM delivered itself).
     pub signalled: u64,
-    /// `KVM_IRQFD` bindings made and removed.
+    /// `KVM_IRQFD` bindings made.
     pub irqfd_binds: u64,
     /// `KVM_IRQFD` bindings removed.
     pub irqfd_unbinds: u64,
