@@ -1,5 +1,5 @@
 //! Interrupt-remapping faults and primary fault logging (VT-d spec 7.1, 7.2.1, 10.4.9,
-//! 10.4.14).
+//! 10.4.14). DMA-remapping faults ([`super::dma::fault`]) go into the same log.
 //!
 //! A blocked interrupt request becomes a [`Fault`]. Recording it writes a 128-bit fault
 //! record into the ring of fault-recording registers (FRCD), sets FSTS.PPF, and raises the
@@ -23,6 +23,7 @@ use thiserror::Error;
 
 use crate::msi::{MsiMessage, SourceId};
 
+use super::dma::fault::DmaFault;
 use super::event::EventInterrupt;
 use super::regs::{
     high_dword, low_dword, FSTS_FRI_SHIFT, FSTS_ICE, FSTS_IQE, FSTS_ITE, FSTS_PFO, FSTS_PPF,
@@ -218,12 +219,28 @@ impl FaultLog {
     /// Records `fault` (unless suppressed or PFO is set); returns the fault event message
     /// when this is a new interrupt condition and the event is not masked.
     pub fn record(&mut self, fault: &Fault) -> Option<MsiMessage> {
-        if fault.suppressed {
-            log::debug!("vt-d: fault not recorded (FPD): {fault}");
+        self.record_words(FaultRecord::for_fault(fault), fault.suppressed, fault)
+    }
+
+    /// Records a DMA-remapping fault in the same ring, with the same status bits and
+    /// event, as [`FaultLog::record`].
+    pub fn record_dma(&mut self, fault: &DmaFault) -> Option<MsiMessage> {
+        let (low, high) = fault.record();
+        self.record_words(FaultRecord { low, high }, fault.suppressed, fault)
+    }
+
+    fn record_words(
+        &mut self,
+        record: FaultRecord,
+        suppressed: bool,
+        what: &dyn fmt::Display,
+    ) -> Option<MsiMessage> {
+        if suppressed {
+            log::debug!("vt-d: fault not recorded (FPD): {what}");
             return None;
         }
         if self.sticky & FSTS_PFO != 0 {
-            log::debug!("vt-d: fault dropped, primary fault overflow pending: {fault}");
+            log::debug!("vt-d: fault dropped, primary fault overflow pending: {what}");
             return None;
         }
         let was_clear = self.status() & FSTS_STATUS == 0;
@@ -234,12 +251,12 @@ impl FaultLog {
             return None;
         };
         if slot.is_set() {
-            log::debug!("vt-d: primary fault overflow, dropping {fault}");
+            log::debug!("vt-d: primary fault overflow, dropping {what}");
             self.sticky |= FSTS_PFO;
             return None;
         }
-        *slot = FaultRecord::for_fault(fault);
-        log::debug!("vt-d: recorded {fault} in FRCD {next}");
+        *slot = record;
+        log::debug!("vt-d: recorded {what} in FRCD {next}");
         if !had_pending {
             self.fri = u8::try_from(next).unwrap_or(0);
         }

@@ -1,7 +1,7 @@
-//! A guest-visible Intel VT-d remapping unit that does interrupt remapping.
+//! A guest-visible Intel VT-d remapping unit that does DMA and interrupt remapping.
 //!
 //! [`VtdUnit`] is the register file of one DRHD (4 KiB at [`regs::VTD_MMIO_BASE`]) plus the
-//! interrupt-remapping engine behind it. It is pure: it makes no KVM calls and reads guest
+//! DMA-remapping engine ([`dma`]) and the interrupt-remapping engine behind it. It is pure: it makes no KVM calls and reads guest
 //! memory only through [`GuestMemoryReader`]. The VMM wires it like this:
 //!
 //! * **MMIO**: forward guest accesses to [`VtdUnit::mmio_read`] and
@@ -20,10 +20,17 @@
 //!      `KVM_SIGNAL_MSI`; they are already in KVM's x2APIC API layout and are not subject
 //!      to remapping.
 //!
+//!   5. for DMA (`dma_state_changed`, `dma`): re-read the mappings of passed-through
+//!      devices the invalidations cover (a global or domain-selective IOTLB invalidation
+//!      covers the whole domain, a page-selective one its pages; a context-cache
+//!      invalidation or a change of GSTS.TES or the root table the device's context) and
+//!      shadow them into the host IOMMU. The unit's own caches are already invalidated.
+//!
 //!   Status writes of wait descriptors are done by the model during the MMIO write. The
 //!   vCPU that wrote IQT (in Linux the one that polls the status, holding the queue lock)
-//!   sees them only once it resumes, i.e. after step 3, which is what makes the wait
-//!   descriptor's promise ("everything before me is done") hold for routes.
+//!   sees them only once it resumes, i.e. after steps 3 and 5, which is what makes the
+//!   wait descriptor's promise ("everything before me is done") hold for routes and host
+//!   DMA mappings.
 //! * **Translation**: [`VtdUnit::translate`] turns a device's message into the message to
 //!   route, reading the IRTE from guest memory at call time. It is pure; faults come back
 //!   in the [`Translation`]. Record them with [`VtdUnit::record_fault`] (or use
@@ -31,6 +38,12 @@
 //!   the returned [`Effects`] as above. Key each route by [`Translation::irte_index`] so
 //!   IEC invalidations find it, including routes that failed (a not-present entry the
 //!   guest fills in later is announced by an IEC invalidation of its index).
+//!
+//! * **DMA**: an emulated device's DMA goes through [`VtdUnit::translate_dma`] (or
+//!   [`VtdUnit::dma_access`], which records the fault) page by page; a fault fails the
+//!   access and is recorded in the same fault log, with the same fault event, as an
+//!   interrupt-remapping fault. [`VtdUnit::dma_view`] and [`dma::walk::leaves`] read a
+//!   device's current mappings for shadowing. See [`dma`].
 //!
 //! * **Posting** (CAP.PI, [`VtdConfig::posted_interrupts`]): a request that reaches a
 //!   posted-format IRTE translates to [`Translation::Posted`], which is no route. The
@@ -49,10 +62,11 @@
 //! one-shot bits (SRTP, SIRTP) whenever they are written as 1, in this order: TE, SRTP,
 //! QIE, SIRTP, IRE, CFI. Specifically:
 //!
-//! * TE is ignored and TES stays clear: the unit reports no DMA translation (CAP.SAGAW =
-//!   0), and claiming translation while passing DMA through untranslated would silently
-//!   corrupt a guest that relied on it. Linux never sets TE on such a unit.
-//! * SRTP latches RTADDR and sets RTPS (the pointer is kept for a later DMA model).
+//! * TE sets or clears TES: DMA translation through the root table latched by SRTP (with
+//!   [`VtdConfig::dma_translation`] off, TE is ignored and TES stays clear, as on a unit
+//!   reporting CAP.SAGAW = 0).
+//! * SRTP latches RTADDR and sets RTPS. Like hardware without CAP.ESRTPS it does not
+//!   invalidate the caches; software does that next.
 //! * QIE enables or disables the invalidation queue (QIES); disabling resets IQH.
 //! * SIRTP latches IRTA (base, size, EIME) as the active table and sets IRTPS.
 //! * IRE sets or clears IRES; CFI sets or clears CFIS.
@@ -64,6 +78,7 @@
 //! whatever its bits mean in compatibility format). The VMM may still apply the extended
 //! destination ID convention to compatibility-format messages in that state.
 
+pub mod dma;
 pub mod event;
 pub mod fault;
 pub mod irte;
@@ -75,11 +90,17 @@ pub mod remap;
 use crate::memory::GuestMemoryReader;
 use crate::msi::{MsiMessage, SourceId};
 
+pub use dma::fault::{DmaFault, DmaFaultReason};
+pub use dma::inval::{ContextInvalidation, DmaInvalidation, IotlbInvalidation};
+pub use dma::{DeviceView, DmaMapping, DmaRequest};
 pub use fault::{Fault, FaultReason};
 pub use posted::PostedInterrupt;
 pub use qi::IecInvalidation;
 pub use remap::IrTable;
 
+use dma::context::ContextSupport;
+use dma::walk::Superpages;
+use dma::{DmaRemapping, DmaSupport};
 use event::EventInterrupt;
 use fault::FaultLog;
 use qi::InvalidationQueue;
@@ -99,6 +120,14 @@ pub struct VtdConfig {
     /// descriptors (for a guest hypervisor). Without it IM = 1 is a reserved bit (fault
     /// 0x24). Default: true.
     pub posted_interrupts: bool,
+    /// Report DMA remapping (CAP.SAGAW for 39- and 48-bit tables, superpages,
+    /// page-selective invalidation, ECAP.PT) and translate DMA when the guest sets TE.
+    /// Without it the unit reports SAGAW = 0 and ignores TE. Default: true.
+    pub dma_translation: bool,
+    /// Report CAP.CM (caching mode): the guest invalidates after every change to its DMA
+    /// tables, mappings made included, which is what shadowing a passed-through device's
+    /// mappings needs. Default: true.
+    pub caching_mode: bool,
 }
 
 impl Default for VtdConfig {
@@ -107,6 +136,8 @@ impl Default for VtdConfig {
             extended_interrupt_mode: true,
             fault_records: 8,
             posted_interrupts: true,
+            dma_translation: true,
+            caching_mode: true,
         }
     }
 }
@@ -123,12 +154,26 @@ pub struct Effects {
     /// Remapping was enabled or disabled, or the table pointer, x2APIC mode or CFI
     /// changed: every route must be re-translated.
     pub ir_state_changed: bool,
+    /// Context-cache and IOTLB invalidations, in the order the guest issued them.
+    pub dma: Vec<DmaInvalidation>,
+    /// DMA translation was enabled or disabled, or the root table pointer latched: every
+    /// device's DMA view must be re-read.
+    pub dma_state_changed: bool,
 }
 
 impl Effects {
     /// True when there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.interrupts.is_empty() && self.iec.is_empty() && !self.ir_state_changed
+        self.interrupts.is_empty()
+            && self.iec.is_empty()
+            && !self.ir_state_changed
+            && self.dma.is_empty()
+            && !self.dma_state_changed
+    }
+
+    /// True when DMA views may have changed (the VMM's shadowing has work).
+    pub fn touches_dma(&self) -> bool {
+        self.dma_state_changed || !self.dma.is_empty()
     }
 
     /// True when a route that used IRTE `index` must be re-translated.
@@ -146,6 +191,8 @@ impl Effects {
         self.interrupts.extend(other.interrupts);
         self.iec.extend(other.iec);
         self.ir_state_changed |= other.ir_state_changed;
+        self.dma.extend(other.dma);
+        self.dma_state_changed |= other.dma_state_changed;
     }
 }
 
@@ -246,6 +293,7 @@ pub struct VtdUnit {
     queue: InvalidationQueue,
     ics: u32,
     completion_event: EventInterrupt,
+    dma: DmaRemapping,
 }
 
 impl VtdUnit {
@@ -257,10 +305,30 @@ impl VtdUnit {
             ..config
         };
         let eim = config.extended_interrupt_mode;
+        let caps = Capabilities {
+            fault_records,
+            posted_interrupts: config.posted_interrupts,
+            dma_translation: config.dma_translation,
+            caching_mode: config.caching_mode,
+            extended_interrupt_mode: eim,
+        };
+        let cap = capability(&caps);
+        let ecap = extended_capability(&caps);
+        let sllps = (cap >> CAP_SLLPS_SHIFT) & 0xf;
+        let dma = DmaRemapping::new(DmaSupport {
+            context: ContextSupport {
+                sagaw: (cap >> CAP_SAGAW_SHIFT) & 0x1f,
+                pass_through: ecap & ECAP_PT != 0,
+            },
+            superpages: Superpages {
+                two_mib: sllps & SLLPS_2M != 0,
+                one_gib: sllps & SLLPS_1G != 0,
+            },
+        });
         VtdUnit {
             config,
-            cap: capability(fault_records, config.posted_interrupts),
-            ecap: extended_capability(eim),
+            cap,
+            ecap,
             gsts: 0,
             rtaddr: 0,
             rtaddr_latched: None,
@@ -273,6 +341,7 @@ impl VtdUnit {
             queue: InvalidationQueue::new(),
             ics: 0,
             completion_event: EventInterrupt::new(eim),
+            dma,
         }
     }
 
@@ -316,9 +385,67 @@ impl VtdUnit {
         self.ir_table
     }
 
-    /// The root table pointer latched by SRTP (unused until DMA remapping exists).
+    /// The root table pointer latched by SRTP.
     pub fn root_table(&self) -> Option<u64> {
         self.rtaddr_latched
+    }
+
+    /// True while DMA translation is enabled (GSTS.TES).
+    pub fn translation_enabled(&self) -> bool {
+        self.gsts & GSTS_TES != 0
+    }
+
+    /// The root table DMA translation uses now: `None` while translation is disabled
+    /// (a root table never latched reads from address 0, as the reset value of RTADDR).
+    fn active_root(&self) -> Option<u64> {
+        self.translation_enabled()
+            .then(|| self.rtaddr_latched.unwrap_or(0))
+    }
+
+    /// Translates one DMA request (the page containing `req.iova`), using and filling the
+    /// context cache and the IOTLB. The fault is returned, not recorded: see
+    /// [`VtdUnit::record_dma_fault`], or use [`VtdUnit::dma_access`].
+    pub fn translate_dma(
+        &mut self,
+        mem: &dyn GuestMemoryReader,
+        req: DmaRequest,
+    ) -> Result<DmaMapping, DmaFault> {
+        let root = self.active_root();
+        self.dma.translate(mem, root, req)
+    }
+
+    /// [`VtdUnit::translate_dma`], recording the fault (unless FPD suppresses it); the
+    /// effects hold the fault event when one is due.
+    pub fn dma_access(
+        &mut self,
+        mem: &dyn GuestMemoryReader,
+        req: DmaRequest,
+    ) -> (Result<DmaMapping, DmaFault>, Effects) {
+        let result = self.translate_dma(mem, req);
+        let effects = match &result {
+            Err(fault) => self.record_dma_fault(fault),
+            Ok(_) => Effects::default(),
+        };
+        (result, effects)
+    }
+
+    /// Records a DMA-remapping fault in the fault log (unless FPD suppresses it or the
+    /// log overflowed); the effects hold the fault event interrupt when one is due.
+    pub fn record_dma_fault(&mut self, fault: &DmaFault) -> Effects {
+        let mut effects = Effects::default();
+        effects.interrupts.extend(self.faults.record_dma(fault));
+        effects
+    }
+
+    /// How `source`'s DMA is translated now, read from the guest's tables (not the
+    /// caches): what the VMM shadows for a passed-through device.
+    pub fn dma_view(&self, mem: &dyn GuestMemoryReader, source: SourceId) -> DeviceView {
+        self.dma.view(mem, self.active_root(), source)
+    }
+
+    /// Hit and miss counts of the context cache and the IOTLB.
+    pub fn dma_cache_stats(&self) -> (dma::cache::CacheStats, dma::cache::CacheStats) {
+        self.dma.stats()
     }
 
     fn remap_settings(&self) -> remap::RemapSettings {
@@ -527,16 +654,13 @@ impl VtdUnit {
         match offset {
             GCMD_REG => self.write_gcmd(mem, value, effects),
             o if o & !HIGH_DWORD_OFFSET == RTADDR_REG => {
-                self.rtaddr = with_dword(self.rtaddr, high, value) & RTADDR_MASK;
+                self.rtaddr =
+                    with_dword(self.rtaddr, high, value) & (RTADDR_MASK | RTADDR_TTM_MASK);
             }
             o if o & !HIGH_DWORD_OFFSET == CCMD_REG => {
                 self.ccmd = with_dword(self.ccmd, high, value);
                 if self.ccmd & CCMD_ICC != 0 {
-                    // Nothing is cached: the invalidation completes at once, at the
-                    // granularity requested.
-                    let cirg = (self.ccmd >> CCMD_CIRG_SHIFT) & CCMD_GRANULARITY_MASK;
-                    self.ccmd &= !(CCMD_ICC | (CCMD_GRANULARITY_MASK << CCMD_CAIG_SHIFT));
-                    self.ccmd |= cirg << CCMD_CAIG_SHIFT;
+                    self.register_context_invalidation(effects);
                 }
             }
             FSTS_REG => {
@@ -591,9 +715,7 @@ impl VtdUnit {
             o if o & !HIGH_DWORD_OFFSET == IOTLB_REG => {
                 self.iotlb = with_dword(self.iotlb, high, value);
                 if self.iotlb & IOTLB_IVT != 0 {
-                    let iirg = (self.iotlb >> IOTLB_IIRG_SHIFT) & IOTLB_GRANULARITY_MASK;
-                    self.iotlb &= !(IOTLB_IVT | (IOTLB_GRANULARITY_MASK << IOTLB_IAIG_SHIFT));
-                    self.iotlb |= iirg << IOTLB_IAIG_SHIFT;
+                    self.register_iotlb_invalidation(effects);
                 }
             }
             o => {
@@ -604,14 +726,98 @@ impl VtdUnit {
         }
     }
 
+    /// A context-cache invalidation through CCMD (ICC set): performed at once at the
+    /// requested granularity (CAIG = CIRG), or not at all for the reserved granularity 0
+    /// (CAIG = 0); ICC clears either way.
+    fn register_context_invalidation(&mut self, effects: &mut Effects) {
+        let ccmd = self.ccmd;
+        let cirg = (ccmd >> CCMD_CIRG_SHIFT) & CCMD_GRANULARITY_MASK;
+        let domain = (ccmd & CCMD_DID_MASK) as u16;
+        let inv = match cirg {
+            GRANULARITY_GLOBAL => Some(ContextInvalidation::Global),
+            GRANULARITY_DOMAIN => Some(ContextInvalidation::Domain(domain)),
+            GRANULARITY_DEVICE_OR_PAGE => Some(ContextInvalidation::Device {
+                source: SourceId(((ccmd >> CCMD_SID_SHIFT) & DID_MASK) as u16),
+                function_mask: ((ccmd >> CCMD_FM_SHIFT) & 0x3) as u8,
+            }),
+            _ => None,
+        };
+        let caig = if inv.is_some() { cirg } else { 0 };
+        if let Some(inv) = inv {
+            self.apply_dma_invalidation(DmaInvalidation::Context(inv), effects);
+        } else {
+            log::debug!("vt-d: CCMD with reserved granularity 0 not performed");
+        }
+        self.ccmd &= !(CCMD_ICC | (CCMD_GRANULARITY_MASK << CCMD_CAIG_SHIFT));
+        self.ccmd |= caig << CCMD_CAIG_SHIFT;
+    }
+
+    /// An IOTLB invalidation through the IOTLB register (IVT set) and IVA: performed at
+    /// once (IAIG = IIRG), or not at all (IAIG = 0) for granularity 0 or a page-selective
+    /// request with AM above CAP.MAMV; IVT clears either way.
+    fn register_iotlb_invalidation(&mut self, effects: &mut Effects) {
+        let reg = self.iotlb;
+        let iirg = (reg >> IOTLB_IIRG_SHIFT) & IOTLB_GRANULARITY_MASK;
+        let domain = ((reg >> IOTLB_DID_SHIFT) & DID_MASK) as u16;
+        let am = (self.iva & IVA_AM_MASK) as u8;
+        let inv = match iirg {
+            GRANULARITY_GLOBAL => Some(IotlbInvalidation::Global),
+            GRANULARITY_DOMAIN => Some(IotlbInvalidation::Domain(domain)),
+            GRANULARITY_DEVICE_OR_PAGE if u64::from(am) <= CAP_MAMV_VALUE => {
+                Some(IotlbInvalidation::pages(
+                    domain,
+                    self.iva & IVA_ADDR_MASK,
+                    am,
+                    self.iva & IVA_IH != 0,
+                ))
+            }
+            _ => None,
+        };
+        let iaig = if inv.is_some() { iirg } else { 0 };
+        if let Some(inv) = inv {
+            self.apply_dma_invalidation(DmaInvalidation::Iotlb(inv), effects);
+        } else {
+            log::debug!(
+                "vt-d: IOTLB invalidation {reg:#x} (IVA {:#x}) not performed",
+                self.iva
+            );
+        }
+        self.iotlb &= !(IOTLB_IVT | (IOTLB_GRANULARITY_MASK << IOTLB_IAIG_SHIFT));
+        self.iotlb |= iaig << IOTLB_IAIG_SHIFT;
+    }
+
+    /// Drops what `inv` covers from the caches and reports it to the VMM.
+    fn apply_dma_invalidation(&mut self, inv: DmaInvalidation, effects: &mut Effects) {
+        self.dma.invalidate(&inv);
+        effects.dma.push(inv);
+    }
+
     fn write_gcmd(&mut self, mem: &dyn GuestMemoryReader, value: u32, effects: &mut Effects) {
         let changed = value ^ self.gsts;
-        if changed & GCMD_TE != 0 && value & GCMD_TE != 0 {
-            log::debug!("vt-d: GCMD.TE ignored: DMA translation is not supported (CAP.SAGAW = 0)");
+        if changed & GCMD_TE != 0 {
+            if !self.config.dma_translation {
+                if value & GCMD_TE != 0 {
+                    log::debug!("vt-d: GCMD.TE ignored: DMA translation is configured off");
+                }
+            } else {
+                if value & GCMD_TE != 0 {
+                    self.gsts |= GSTS_TES;
+                } else {
+                    self.gsts &= !GSTS_TES;
+                }
+                effects.dma_state_changed = true;
+            }
         }
         if value & GCMD_SRTP != 0 {
-            self.rtaddr_latched = Some(self.rtaddr);
+            if self.rtaddr & RTADDR_TTM_MASK != 0 {
+                log::debug!(
+                    "vt-d: RTADDR.TTM {:#x} not supported, legacy mode used",
+                    self.rtaddr
+                );
+            }
+            self.rtaddr_latched = Some(self.rtaddr & RTADDR_MASK);
             self.gsts |= GSTS_RTPS;
+            effects.dma_state_changed |= self.config.dma_translation;
         }
         if changed & GCMD_QIE != 0 {
             if value & GCMD_QIE != 0 {
@@ -664,6 +870,9 @@ impl VtdUnit {
         }
         let run = self.queue.run(mem);
         effects.iec.extend(run.invalidations);
+        for inv in run.dma {
+            self.apply_dma_invalidation(inv, effects);
+        }
         if run.completion_interrupts > 0 {
             let was_set = self.ics & ICS_IWC != 0;
             self.ics |= ICS_IWC;

@@ -15,21 +15,30 @@
 //!   completion event; SW (bit 5) writes status data (63:32) to the dword-aligned address
 //!   in the high qword (63:2); FN (bit 6) fences, which in-order processing already
 //!   guarantees; PD (bit 7, page-request drain) is a no-op without page requests.
-//! * **0x1, context-cache** and **0x2, IOTLB**: accepted and completed at once. The unit
-//!   does no DMA translation and so caches nothing these could invalidate; invalidating an
-//!   empty cache is architecturally a no-op, and refusing them would turn a guest's
-//!   routine flush into a queue error.
+//! * **0x1, context-cache**: G (5:4) 1 = global, 2 = domain-selective (DID 31:16),
+//!   3 = device-selective (DID, SID 47:32, FM 49:48). Reported as
+//!   [`ContextInvalidation`]s; the unit drops the cached contexts they cover.
+//! * **0x2, IOTLB**: G (5:4) 1 = global, 2 = domain-selective (DID 31:16), 3 =
+//!   page-selective (DID, ADDR 63:12, IH bit 6 and AM 5:0 of the high qword; AM at most
+//!   CAP.MAMV); DR and DW (7:6, draining) are accepted. Reported as
+//!   [`IotlbInvalidation`]s; the unit drops the cached translations they cover, and the
+//!   VMM re-reads the mappings of passed-through devices in that domain.
 //!
 //! Everything else is an invalid descriptor: device-TLB (0x3, no ECAP.DT), the PASID and
-//! scalable-mode types, unknown types, reserved bits set, granularity 0. 256-bit
+//! scalable-mode types, unknown types, reserved bits set, granularity 0, a page-selective
+//! IOTLB invalidation with AM above CAP.MAMV. 256-bit
 //! descriptors (IQA.DW = 1) are not supported (no scalable mode) and make every fetch an
 //! invalidation queue error, as does a tail beyond the queue.
 
 use thiserror::Error;
 
 use crate::memory::{GuestMemoryReader, MemError};
+use crate::msi::SourceId;
+
+use super::dma::inval::{ContextInvalidation, DmaInvalidation, IotlbInvalidation};
 
 use super::regs::{
+    CAP_MAMV_VALUE, GRANULARITY_DEVICE_OR_PAGE, GRANULARITY_DOMAIN, GRANULARITY_GLOBAL,
     IQA_BASE_MASK, IQA_DW, IQA_QS_MASK, IQA_WRITABLE, IQ_ENTRIES_PER_PAGE_SHIFT, IQ_INDEX_MASK,
     IQ_INDEX_SHIFT,
 };
@@ -65,6 +74,22 @@ const CC_QW0_RESERVED: u64 = (0x7 << 6) | (0xf << 12) | (!0 << 50);
 const IOTLB_QW0_RESERVED: u64 = (1 << 8) | (0xf << 12) | (!0 << 32);
 /// IOTLB qw1 reserved bits: 11:7.
 const IOTLB_QW1_RESERVED: u64 = 0x1f << 7;
+/// Context-cache and IOTLB: shift of the domain ID (31:16).
+const DESC_DID_SHIFT: u32 = 16;
+/// Mask (after shifting) of a 16-bit field.
+const DESC_U16_MASK: u64 = 0xffff;
+/// Context-cache: shift of the source ID (47:32).
+const CC_SID_SHIFT: u32 = 32;
+/// Context-cache: shift of the function mask (49:48).
+const CC_FM_SHIFT: u32 = 48;
+/// Context-cache: mask (after shifting) of the function mask.
+const CC_FM_MASK: u64 = 0x3;
+/// IOTLB qw1: the page address (63:12).
+const IOTLB_ADDR_MASK: u64 = !0xfff;
+/// IOTLB qw1: IH, invalidation hint (bit 6).
+const IOTLB_IH: u64 = 1 << 6;
+/// IOTLB qw1: AM, address mask (5:0).
+const IOTLB_AM_MASK: u64 = 0x3f;
 
 /// IEC: G, 1 = index-selective.
 const IEC_INDEX_SELECTIVE: u64 = 1 << 4;
@@ -142,10 +167,10 @@ pub struct WaitDescriptor {
 /// A decoded, valid descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Descriptor {
-    /// Context-cache invalidation (nothing cached; completes at once).
-    ContextCache,
-    /// IOTLB invalidation (nothing cached; completes at once).
-    Iotlb,
+    /// Context-cache invalidation.
+    ContextCache(ContextInvalidation),
+    /// IOTLB invalidation.
+    Iotlb(IotlbInvalidation),
     /// Interrupt entry cache invalidation.
     InterruptEntryCache(IecInvalidation),
     /// Invalidation wait.
@@ -166,6 +191,9 @@ pub enum DescriptorError {
         /// High qword.
         qw1: u64,
     },
+    /// A page-selective IOTLB invalidation with an address mask above CAP.MAMV.
+    #[error("IOTLB address mask {0} above the supported {CAP_MAMV_VALUE}")]
+    AddressMask(u8),
 }
 
 /// The type number of a descriptor (bits 11:9 and 3:0 of its low qword).
@@ -181,16 +209,39 @@ pub fn decode_descriptor(qw0: u64, qw1: u64) -> Result<Descriptor, DescriptorErr
     let granularity = (qw0 >> DESC_GRANULARITY_SHIFT) & DESC_GRANULARITY_MASK;
     match descriptor_type(qw0) {
         DESC_TYPE_CONTEXT_CACHE => {
-            if qw0 & CC_QW0_RESERVED != 0 || qw1 != 0 || granularity == 0 {
+            if qw0 & CC_QW0_RESERVED != 0 || qw1 != 0 {
                 return Err(reserved);
             }
-            Ok(Descriptor::ContextCache)
+            let domain = ((qw0 >> DESC_DID_SHIFT) & DESC_U16_MASK) as u16;
+            let inv = match granularity {
+                GRANULARITY_GLOBAL => ContextInvalidation::Global,
+                GRANULARITY_DOMAIN => ContextInvalidation::Domain(domain),
+                GRANULARITY_DEVICE_OR_PAGE => ContextInvalidation::Device {
+                    source: SourceId(((qw0 >> CC_SID_SHIFT) & DESC_U16_MASK) as u16),
+                    function_mask: ((qw0 >> CC_FM_SHIFT) & CC_FM_MASK) as u8,
+                },
+                _ => return Err(reserved),
+            };
+            Ok(Descriptor::ContextCache(inv))
         }
         DESC_TYPE_IOTLB => {
-            if qw0 & IOTLB_QW0_RESERVED != 0 || qw1 & IOTLB_QW1_RESERVED != 0 || granularity == 0 {
+            if qw0 & IOTLB_QW0_RESERVED != 0 || qw1 & IOTLB_QW1_RESERVED != 0 {
                 return Err(reserved);
             }
-            Ok(Descriptor::Iotlb)
+            let domain = ((qw0 >> DESC_DID_SHIFT) & DESC_U16_MASK) as u16;
+            let inv = match granularity {
+                GRANULARITY_GLOBAL => IotlbInvalidation::Global,
+                GRANULARITY_DOMAIN => IotlbInvalidation::Domain(domain),
+                GRANULARITY_DEVICE_OR_PAGE => {
+                    let am = (qw1 & IOTLB_AM_MASK) as u8;
+                    if u64::from(am) > CAP_MAMV_VALUE {
+                        return Err(DescriptorError::AddressMask(am));
+                    }
+                    IotlbInvalidation::pages(domain, qw1 & IOTLB_ADDR_MASK, am, qw1 & IOTLB_IH != 0)
+                }
+                _ => return Err(reserved),
+            };
+            Ok(Descriptor::Iotlb(inv))
         }
         DESC_TYPE_IEC => {
             if qw0 & IEC_QW0_RESERVED != 0 || qw1 != 0 {
@@ -282,6 +333,8 @@ pub enum QueueError {
 pub struct QueueRun {
     /// IEC invalidations, in queue order.
     pub invalidations: Vec<IecInvalidation>,
+    /// Context-cache and IOTLB invalidations, in queue order.
+    pub dma: Vec<DmaInvalidation>,
     /// Number of wait descriptors with IF processed.
     pub completion_interrupts: usize,
     /// Number of descriptors consumed.
@@ -393,7 +446,8 @@ impl InvalidationQueue {
                 }
             };
             match descriptor {
-                Descriptor::ContextCache | Descriptor::Iotlb => {}
+                Descriptor::ContextCache(c) => run.dma.push(DmaInvalidation::Context(c)),
+                Descriptor::Iotlb(i) => run.dma.push(DmaInvalidation::Iotlb(i)),
                 Descriptor::InterruptEntryCache(inv) => run.invalidations.push(inv),
                 Descriptor::Wait(wait) => {
                     if let Some(sw) = wait.status_write {
@@ -475,7 +529,29 @@ pub mod build {
     /// A global context-cache invalidation.
     pub fn context_cache_global() -> (u64, u64) {
         (
-            u64::from(DESC_TYPE_CONTEXT_CACHE) | (1 << DESC_GRANULARITY_SHIFT),
+            u64::from(DESC_TYPE_CONTEXT_CACHE) | (GRANULARITY_GLOBAL << DESC_GRANULARITY_SHIFT),
+            0,
+        )
+    }
+
+    /// A domain-selective context-cache invalidation.
+    pub fn context_cache_domain(domain: u16) -> (u64, u64) {
+        (
+            u64::from(DESC_TYPE_CONTEXT_CACHE)
+                | (GRANULARITY_DOMAIN << DESC_GRANULARITY_SHIFT)
+                | (u64::from(domain) << DESC_DID_SHIFT),
+            0,
+        )
+    }
+
+    /// A device-selective context-cache invalidation of `source` (function mask `fm`).
+    pub fn context_cache_device(domain: u16, source: u16, fm: u8) -> (u64, u64) {
+        (
+            u64::from(DESC_TYPE_CONTEXT_CACHE)
+                | (GRANULARITY_DEVICE_OR_PAGE << DESC_GRANULARITY_SHIFT)
+                | (u64::from(domain) << DESC_DID_SHIFT)
+                | (u64::from(source) << CC_SID_SHIFT)
+                | ((u64::from(fm) & CC_FM_MASK) << CC_FM_SHIFT),
             0,
         )
     }
@@ -483,8 +559,30 @@ pub mod build {
     /// A global IOTLB invalidation.
     pub fn iotlb_global() -> (u64, u64) {
         (
-            u64::from(DESC_TYPE_IOTLB) | (1 << DESC_GRANULARITY_SHIFT),
+            u64::from(DESC_TYPE_IOTLB) | (GRANULARITY_GLOBAL << DESC_GRANULARITY_SHIFT),
             0,
+        )
+    }
+
+    /// A domain-selective IOTLB invalidation.
+    pub fn iotlb_domain(domain: u16) -> (u64, u64) {
+        (
+            u64::from(DESC_TYPE_IOTLB)
+                | (GRANULARITY_DOMAIN << DESC_GRANULARITY_SHIFT)
+                | (u64::from(domain) << DESC_DID_SHIFT),
+            0,
+        )
+    }
+
+    /// A page-selective IOTLB invalidation of 2^`am` pages at `address` in `domain`.
+    pub fn iotlb_pages(domain: u16, address: u64, am: u8, leaf_only: bool) -> (u64, u64) {
+        (
+            u64::from(DESC_TYPE_IOTLB)
+                | (GRANULARITY_DEVICE_OR_PAGE << DESC_GRANULARITY_SHIFT)
+                | (u64::from(domain) << DESC_DID_SHIFT),
+            (address & IOTLB_ADDR_MASK)
+                | (u64::from(am) & IOTLB_AM_MASK)
+                | if leaf_only { IOTLB_IH } else { 0 },
         )
     }
 }
@@ -574,8 +672,14 @@ mod tests {
         // Granularity 0 is reserved for context-cache and IOTLB.
         assert!(dec((u64::from(DESC_TYPE_CONTEXT_CACHE), 0)).is_err());
         assert!(dec((u64::from(DESC_TYPE_IOTLB), 0)).is_err());
-        assert_eq!(dec(context_cache_global()), Ok(Descriptor::ContextCache));
-        assert_eq!(dec(iotlb_global()), Ok(Descriptor::Iotlb));
+        assert_eq!(
+            dec(context_cache_global()),
+            Ok(Descriptor::ContextCache(ContextInvalidation::Global))
+        );
+        assert_eq!(
+            dec(iotlb_global()),
+            Ok(Descriptor::Iotlb(IotlbInvalidation::Global))
+        );
     }
 
     #[test]
@@ -620,5 +724,56 @@ mod tests {
         assert_eq!(q.tail(), 0, "IQA write resets the tail");
         assert_eq!(q.head_register(), 0);
         assert_eq!(q.entries(), 1024);
+    }
+
+    #[test]
+    fn dma_invalidation_descriptors() {
+        assert_eq!(
+            dec(context_cache_domain(0x1234)),
+            Ok(Descriptor::ContextCache(ContextInvalidation::Domain(
+                0x1234
+            )))
+        );
+        assert_eq!(
+            dec(context_cache_device(7, 0x0108, 2)),
+            Ok(Descriptor::ContextCache(ContextInvalidation::Device {
+                source: SourceId(0x0108),
+                function_mask: 2
+            }))
+        );
+        assert_eq!(
+            dec(iotlb_domain(9)),
+            Ok(Descriptor::Iotlb(IotlbInvalidation::Domain(9)))
+        );
+        assert_eq!(
+            dec(iotlb_pages(9, 0x1234_5000, 0, true)),
+            Ok(Descriptor::Iotlb(IotlbInvalidation::Pages {
+                domain: 9,
+                start: 0x1234_5000,
+                address_mask: 0,
+                leaf_only: true
+            }))
+        );
+        // The address is aligned down to the mask; DR/DW (7:6) are accepted.
+        let (qw0, qw1) = iotlb_pages(9, 0x1234_5000, 9, false);
+        assert_eq!(
+            dec((qw0 | (3 << 6), qw1)),
+            Ok(Descriptor::Iotlb(IotlbInvalidation::Pages {
+                domain: 9,
+                start: 0x1220_0000,
+                address_mask: 9,
+                leaf_only: false
+            }))
+        );
+        assert_eq!(
+            dec(iotlb_pages(9, 0, 19, false)),
+            Err(DescriptorError::AddressMask(19))
+        );
+        assert!(dec(iotlb_pages(9, 0, 18, false)).is_ok());
+        // Reserved bits of the high qword (11:7) and of the context-cache descriptor.
+        assert!(dec((qw0, qw1 | (1 << 7))).is_err());
+        let (c0, _) = context_cache_domain(1);
+        assert!(dec((c0, 1)).is_err());
+        assert!(dec((c0 | (1 << 50), 0)).is_err());
     }
 }

@@ -6,32 +6,41 @@
 //!
 //! # What the capability registers promise
 //!
-//! The model does interrupt remapping with queued invalidation and nothing else:
+//! The model does DMA remapping (legacy root and context tables, second-level page
+//! tables), interrupt remapping and queued invalidation:
 //!
-//! * `CAP.SAGAW = 0`: no second-level address widths, i.e. no DMA translation. Linux
-//!   (since c40aaaac1018, "Gracefully handle DMAR units with no supported address widths")
-//!   then prints "No supported address widths. Not attempting DMA translation.", marks the
-//!   unit `ignored` for DMA remapping, and still uses it for interrupt remapping. QEMU's
-//!   `intel-iommu,dma-translation=off` reports the same. Without this, a guest that enables
-//!   DMA remapping (Debian kernels may default to `intel_iommu=on`) would program
-//!   translation tables nobody walks.
-//! * `CAP.ND = 0` (16 domains), `CAP.MGAW` = 39-bit: the smallest well-formed values; they
-//!   describe DMA translation, which is not offered.
+//! * `CAP.SAGAW = 0b00110`: 39-bit (3-level) and 48-bit (4-level) second-level tables;
+//!   `CAP.MGAW` = 48 bits; `CAP.SLLPS = 0b11`: 2 MiB and 1 GiB superpages. With
+//!   [`super::VtdConfig::dma_translation`] off the unit reports `SAGAW = 0` instead, as it
+//!   did before DMA remapping existed: Linux (since c40aaaac1018, "Gracefully handle DMAR
+//!   units with no supported address widths") then prints "No supported address widths.
+//!   Not attempting DMA translation." and uses the unit for interrupt remapping only.
+//! * `CAP.CM` (configurable, on by default): caching mode. The unit may cache not-present
+//!   and invalid entries, so software invalidates after *every* change, mappings made
+//!   included; that is what lets the VMM shadow a passed-through device's mappings into
+//!   the host IOMMU at each invalidation.
+//! * `CAP.PSI` with `CAP.MAMV` = 18: page-selective IOTLB invalidation of up to 2^18 pages
+//!   (1 GiB) at once; `CAP.DRD`/`CAP.DWD`: read and write draining (every invalidation
+//!   completes synchronously, so draining is implied).
+//! * `CAP.ND = 6`: 16-bit domain IDs, as QEMU reports.
 //! * `CAP.FRO`/`CAP.NFR`: the fault-recording registers at [`FRCD_REG`], one per
-//!   configured record.
+//!   configured record; DMA and interrupt-remapping faults share them.
 //! * `CAP.PI` (configurable, on by default): posted-format IRTEs post into the guest's
 //!   posted-interrupt descriptors (see [`super::posted`]). Linux offers posting to KVM only
 //!   when every unit reports PI and the CPU has CX16 (it updates posted entries with
 //!   `cmpxchg16b`); it changes nothing else about how Linux sets remapping up.
-//! * No `CM`, `PSI`, `ESIRTPS`, `ESRTPS`, `AFL`, `RWBF`, `PLMR`, `PHMR`: the model does none
-//!   of those.
-//! * `ECAP.QI | ECAP.IR | ECAP.EIM` (EIM configurable), `ECAP.MHMV = 0xf` (index-selective
-//!   IEC invalidation of up to 2^15 entries), `ECAP.IRO` pointing at the register-based
-//!   IOTLB invalidation pair at [`IVA_REG`].
-//! * `ECAP.C = 1`: the model reads interrupt-remapping entries from guest memory through
-//!   the coherent path every CPU access uses, so the guest need not flush caches after
-//!   writing an entry (Linux skips `clflush` then).
-//! * No `DT`, `PT`, `SC`, `SMTS` and friends.
+//! * No `ESIRTPS`, `ESRTPS`, `AFL`, `RWBF`, `PLMR`, `PHMR`, `ZLR`, `FL1GP`: the model does
+//!   none of those.
+//! * `ECAP.QI | ECAP.IR | ECAP.EIM` (EIM configurable), `ECAP.PT` (pass-through context
+//!   entries, with DMA remapping), `ECAP.MHMV = 0xf` (index-selective IEC invalidation of
+//!   up to 2^15 entries), `ECAP.IRO` pointing at the register-based IOTLB invalidation pair
+//!   at [`IVA_REG`].
+//! * `ECAP.C = 1`: the model reads remapping structures (page tables, context entries,
+//!   interrupt-remapping entries) from guest memory through the coherent path every CPU
+//!   access uses, so the guest need not flush caches after writing them (Linux skips
+//!   `clflush` then).
+//! * No `DT`, `SC`, `SMTS`, `PASID` and friends: no device-TLB, snoop control or scalable
+//!   mode.
 
 /// Guest-physical base of the VT-d unit's register window on the q35-like platform.
 pub const VTD_MMIO_BASE: u64 = 0xfed9_0000;
@@ -116,37 +125,86 @@ pub const CAP_MGAW_SHIFT: u32 = 16;
 pub const CAP_FRO_SHIFT: u32 = 24;
 /// Shift of CAP.NFR (number of fault-recording registers - 1, 47:40).
 pub const CAP_NFR_SHIFT: u32 = 40;
-/// CAP.CM, caching mode (not reported).
+/// CAP.CM, caching mode (reported unless configured off).
 pub const CAP_CM: u64 = 1 << 7;
-/// CAP.PSI, page-selective invalidation (not reported).
+/// Shift of CAP.SLLPS (second-level large page support, 37:34).
+pub const CAP_SLLPS_SHIFT: u32 = 34;
+/// CAP.SLLPS bit for 2 MiB pages.
+pub const SLLPS_2M: u64 = 1 << 0;
+/// CAP.SLLPS bit for 1 GiB pages.
+pub const SLLPS_1G: u64 = 1 << 1;
+/// CAP.PSI, page-selective IOTLB invalidation (reported with DMA remapping).
 pub const CAP_PSI: u64 = 1 << 39;
+/// Shift of CAP.MAMV (maximum address mask value of page-selective invalidation, 53:48).
+pub const CAP_MAMV_SHIFT: u32 = 48;
+/// CAP.DWD, write draining (reported with DMA remapping).
+pub const CAP_DWD: u64 = 1 << 54;
+/// CAP.DRD, read draining (reported with DMA remapping).
+pub const CAP_DRD: u64 = 1 << 55;
 /// CAP.PI, posted interrupts (reported unless configured off).
 pub const CAP_PI: u64 = 1 << 59;
 /// CAP.ESIRTPS: SIRTP invalidates the interrupt entry cache itself (not reported, so the
 /// guest issues the global IEC invalidation after SIRTP, which the VMM relies on).
 pub const CAP_ESIRTPS: u64 = 1 << 62;
-/// The value of CAP.ND: 0, i.e. 16 domain IDs, the smallest encoding.
-pub const CAP_ND_VALUE: u64 = 0;
-/// The value of CAP.SAGAW: 0, no DMA translation (see the module documentation).
-pub const CAP_SAGAW_VALUE: u64 = 0;
+/// The value of CAP.ND with DMA remapping: 6, i.e. 16-bit domain IDs (QEMU's value).
+pub const CAP_ND_VALUE: u64 = 6;
+/// The value of CAP.ND without DMA remapping: 0, the smallest encoding (16 domains).
+pub const CAP_ND_NO_DMA: u64 = 0;
+/// CAP.SAGAW bit for 39-bit, 3-level second-level tables.
+pub const SAGAW_39: u64 = 1 << 1;
+/// CAP.SAGAW bit for 48-bit, 4-level second-level tables.
+pub const SAGAW_48: u64 = 1 << 2;
+/// The value of CAP.SAGAW with DMA remapping: 39- and 48-bit tables.
+pub const CAP_SAGAW_VALUE: u64 = SAGAW_39 | SAGAW_48;
 /// The guest address width CAP.MGAW describes (bits); reported as width - 1.
-pub const CAP_MGAW_BITS: u64 = 39;
+pub const CAP_MGAW_BITS: u64 = 48;
+/// The value of CAP.MGAW (plus one) without DMA remapping, as before: 39 bits.
+pub const CAP_MGAW_BITS_NO_DMA: u64 = 39;
+/// The value of CAP.SLLPS with DMA remapping: 2 MiB and 1 GiB pages.
+pub const CAP_SLLPS_VALUE: u64 = SLLPS_2M | SLLPS_1G;
+/// The value of CAP.MAMV: page-selective invalidations of up to 2^18 pages (QEMU's).
+pub const CAP_MAMV_VALUE: u64 = 18;
 /// CAP.FRO as reported: [`FRCD_REG`] in 16-byte units.
 pub const CAP_FRO: u64 = FRCD_REG / REG_OFFSET_UNIT;
 
-/// Builds the CAP register for a unit with `fault_records` fault-recording registers
-/// (clamped to 1..=[`MAX_FAULT_RECORDS`]) that posts interrupts when `posted_interrupts`.
-pub fn capability(fault_records: usize, posted_interrupts: bool) -> u64 {
-    let records = fault_records.clamp(1, MAX_FAULT_RECORDS);
+/// What the capability registers are built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Fault-recording registers (clamped to 1..=[`MAX_FAULT_RECORDS`]).
+    pub fault_records: usize,
+    /// CAP.PI.
+    pub posted_interrupts: bool,
+    /// DMA remapping: SAGAW, SLLPS, PSI, MAMV, draining, ECAP.PT.
+    pub dma_translation: bool,
+    /// CAP.CM (only with DMA remapping).
+    pub caching_mode: bool,
+    /// ECAP.EIM.
+    pub extended_interrupt_mode: bool,
+}
+
+/// Builds the CAP register.
+pub fn capability(c: &Capabilities) -> u64 {
+    let records = c.fault_records.clamp(1, MAX_FAULT_RECORDS);
     // `records - 1` is at most 63, so the conversion cannot fail; fall back to one record.
     let nfr = u64::try_from(records - 1).unwrap_or(0);
-    let pi = if posted_interrupts { CAP_PI } else { 0 };
-    (CAP_ND_VALUE << CAP_ND_SHIFT)
+    let pi = if c.posted_interrupts { CAP_PI } else { 0 };
+    let common = (CAP_FRO << CAP_FRO_SHIFT) | (nfr << CAP_NFR_SHIFT) | pi;
+    if !c.dma_translation {
+        return common
+            | (CAP_ND_NO_DMA << CAP_ND_SHIFT)
+            | ((CAP_MGAW_BITS_NO_DMA - 1) << CAP_MGAW_SHIFT);
+    }
+    let cm = if c.caching_mode { CAP_CM } else { 0 };
+    common
+        | (CAP_ND_VALUE << CAP_ND_SHIFT)
+        | cm
         | (CAP_SAGAW_VALUE << CAP_SAGAW_SHIFT)
         | ((CAP_MGAW_BITS - 1) << CAP_MGAW_SHIFT)
-        | (CAP_FRO << CAP_FRO_SHIFT)
-        | (nfr << CAP_NFR_SHIFT)
-        | pi
+        | (CAP_SLLPS_VALUE << CAP_SLLPS_SHIFT)
+        | CAP_PSI
+        | (CAP_MAMV_VALUE << CAP_MAMV_SHIFT)
+        | CAP_DWD
+        | CAP_DRD
 }
 
 // ---- ECAP -----------------------------------------------------------------------------
@@ -161,7 +219,7 @@ pub const ECAP_DT: u64 = 1 << 2;
 pub const ECAP_IR: u64 = 1 << 3;
 /// ECAP.EIM: extended interrupt mode (32-bit x2APIC destinations).
 pub const ECAP_EIM: u64 = 1 << 4;
-/// ECAP.PT: pass-through translation type (not reported).
+/// ECAP.PT: pass-through translation type (reported with DMA remapping).
 pub const ECAP_PT: u64 = 1 << 6;
 /// Shift of ECAP.IRO (IOTLB register offset / 16, 17:8).
 pub const ECAP_IRO_SHIFT: u32 = 8;
@@ -172,19 +230,22 @@ pub const ECAP_MHMV_SHIFT: u32 = 20;
 /// ECAP.MHMV as reported: index-selective IEC invalidations may cover up to 2^15 entries.
 pub const ECAP_MHMV: u64 = 0xf;
 
-/// Builds the ECAP register; `eim` says whether extended interrupt mode is offered.
-pub fn extended_capability(eim: bool) -> u64 {
+/// Builds the ECAP register.
+pub fn extended_capability(c: &Capabilities) -> u64 {
     let mut ecap =
         ECAP_C | ECAP_QI | ECAP_IR | (ECAP_IRO << ECAP_IRO_SHIFT) | (ECAP_MHMV << ECAP_MHMV_SHIFT);
-    if eim {
+    if c.extended_interrupt_mode {
         ecap |= ECAP_EIM;
+    }
+    if c.dma_translation {
+        ecap |= ECAP_PT;
     }
     ecap
 }
 
 // ---- GCMD / GSTS ----------------------------------------------------------------------
 
-/// GCMD.TE: translation enable (DMA remapping; ignored, see the module documentation).
+/// GCMD.TE: translation enable (DMA remapping).
 pub const GCMD_TE: u32 = 1 << 31;
 /// GCMD.SRTP: set root table pointer (one-shot).
 pub const GCMD_SRTP: u32 = 1 << 30;
@@ -203,7 +264,7 @@ pub const GCMD_SIRTP: u32 = 1 << 24;
 /// GCMD.CFI: compatibility format interrupts allowed (pass-through).
 pub const GCMD_CFI: u32 = 1 << 23;
 
-/// GSTS.TES: translation enable status (never set by this model).
+/// GSTS.TES: translation enable status.
 pub const GSTS_TES: u32 = GCMD_TE;
 /// GSTS.RTPS: root table pointer status.
 pub const GSTS_RTPS: u32 = GCMD_SRTP;
@@ -216,7 +277,7 @@ pub const GSTS_IRTPS: u32 = GCMD_SIRTP;
 /// GSTS.CFIS: compatibility format interrupt status.
 pub const GSTS_CFIS: u32 = GCMD_CFI;
 
-// ---- RTADDR / CCMD / IOTLB (storage for the DMA side) ----------------------------------
+// ---- RTADDR / CCMD / IOTLB ----------------------------------------------------------------
 
 /// RTADDR bits the model stores: the 4 KiB-aligned root table address (63:12).
 pub const RTADDR_MASK: u64 = !0xfff;
@@ -236,6 +297,30 @@ pub const IOTLB_IIRG_SHIFT: u32 = 60;
 pub const IOTLB_IAIG_SHIFT: u32 = 57;
 /// Mask (after shifting) of the two-bit IOTLB granularity fields.
 pub const IOTLB_GRANULARITY_MASK: u64 = 0x3;
+/// CCMD bits 15:0: domain ID (domain-selective and device-selective invalidation).
+pub const CCMD_DID_MASK: u64 = 0xffff;
+/// Shift of CCMD.SID (31:16, device-selective invalidation).
+pub const CCMD_SID_SHIFT: u32 = 16;
+/// Shift of CCMD.FM (33:32, function mask of device-selective invalidation).
+pub const CCMD_FM_SHIFT: u32 = 32;
+/// Shift of IOTLB.DID (47:32).
+pub const IOTLB_DID_SHIFT: u32 = 32;
+/// Mask (after shifting) of the 16-bit domain IDs in CCMD and IOTLB.
+pub const DID_MASK: u64 = 0xffff;
+/// Granularity encodings shared by CCMD.CIRG/CAIG and IOTLB.IIRG/IAIG: global.
+pub const GRANULARITY_GLOBAL: u64 = 1;
+/// Granularity: domain-selective.
+pub const GRANULARITY_DOMAIN: u64 = 2;
+/// Granularity: device-selective (CCMD) or page-selective (IOTLB).
+pub const GRANULARITY_DEVICE_OR_PAGE: u64 = 3;
+/// IVA bits 63:12: the page address of a page-selective invalidation.
+pub const IVA_ADDR_MASK: u64 = !0xfff;
+/// IVA bit 6: invalidation hint (only leaf entries changed).
+pub const IVA_IH: u64 = 1 << 6;
+/// IVA bits 5:0: address mask (2^AM pages).
+pub const IVA_AM_MASK: u64 = 0x3f;
+/// RTADDR.TTM (11:10): translation table mode; only 00 (legacy) is supported.
+pub const RTADDR_TTM_MASK: u64 = 0xc00;
 
 // ---- FSTS -----------------------------------------------------------------------------
 
@@ -331,9 +416,19 @@ pub fn with_dword(old: u64, high: bool, value: u32) -> u64 {
 mod tests {
     use super::*;
 
+    fn caps(posted: bool, dma: bool) -> Capabilities {
+        Capabilities {
+            fault_records: 8,
+            posted_interrupts: posted,
+            dma_translation: dma,
+            caching_mode: true,
+            extended_interrupt_mode: true,
+        }
+    }
+
     #[test]
-    fn cap_layout() {
-        let cap = capability(8, false);
+    fn cap_layout_without_dma() {
+        let cap = capability(&caps(false, false));
         assert_eq!((cap >> CAP_SAGAW_SHIFT) & 0x1f, 0, "no DMA translation");
         assert_eq!((cap >> CAP_MGAW_SHIFT) & 0x3f, 38);
         assert_eq!(((cap >> CAP_FRO_SHIFT) & 0x3ff) * 16, FRCD_REG);
@@ -341,12 +436,42 @@ mod tests {
         assert_eq!(cap & (CAP_CM | CAP_PSI | CAP_PI | CAP_ESIRTPS), 0);
         assert_eq!(cap, 0x0000_0700_2226_0000);
         // Posted interrupts add CAP.PI (bit 59) and nothing else.
-        assert_eq!(capability(8, true), cap | CAP_PI);
-        assert_eq!(capability(8, true), 0x0800_0700_2226_0000);
-        // Clamping.
-        assert_eq!((capability(0, true) >> CAP_NFR_SHIFT) & 0xff, 0);
+        assert_eq!(capability(&caps(true, false)), cap | CAP_PI);
+        assert_eq!(capability(&caps(true, false)), 0x0800_0700_2226_0000);
+    }
+
+    #[test]
+    fn cap_layout_with_dma() {
+        let cap = capability(&caps(true, true));
+        assert_eq!((cap >> CAP_SAGAW_SHIFT) & 0x1f, 0b00110, "39 and 48 bits");
+        assert_eq!((cap >> CAP_MGAW_SHIFT) & 0x3f, 47);
+        assert_eq!((cap >> CAP_SLLPS_SHIFT) & 0xf, 0b11, "2 MiB and 1 GiB");
+        assert_eq!((cap >> CAP_MAMV_SHIFT) & 0x3f, 18);
+        assert_eq!(cap & 0x7, 6, "16-bit domain IDs");
         assert_eq!(
-            (capability(1000, true) >> CAP_NFR_SHIFT) & 0xff,
+            cap & (CAP_CM | CAP_PSI | CAP_PI | CAP_DRD | CAP_DWD),
+            CAP_CM | CAP_PSI | CAP_PI | CAP_DRD | CAP_DWD
+        );
+        assert_eq!(cap & CAP_ESIRTPS, 0);
+        assert_eq!(((cap >> CAP_FRO_SHIFT) & 0x3ff) * 16, FRCD_REG);
+        assert_eq!(cap, 0x08d2_078c_222f_0686);
+        let no_cm = Capabilities {
+            caching_mode: false,
+            ..caps(true, true)
+        };
+        assert_eq!(capability(&no_cm), cap & !CAP_CM);
+        // Clamping.
+        let few = Capabilities {
+            fault_records: 0,
+            ..caps(true, true)
+        };
+        assert_eq!((capability(&few) >> CAP_NFR_SHIFT) & 0xff, 0);
+        let many = Capabilities {
+            fault_records: 1000,
+            ..caps(true, true)
+        };
+        assert_eq!(
+            (capability(&many) >> CAP_NFR_SHIFT) & 0xff,
             (MAX_FAULT_RECORDS - 1) as u64
         );
         // The last record still fits in the page.
@@ -355,7 +480,7 @@ mod tests {
 
     #[test]
     fn ecap_layout() {
-        let ecap = extended_capability(true);
+        let ecap = extended_capability(&caps(true, false));
         assert_eq!(
             ecap & (ECAP_QI | ECAP_IR | ECAP_EIM),
             ECAP_QI | ECAP_IR | ECAP_EIM
@@ -364,7 +489,14 @@ mod tests {
         assert_eq!(((ecap >> ECAP_IRO_SHIFT) & 0x3ff) * 16, IVA_REG);
         assert_eq!((ecap >> ECAP_MHMV_SHIFT) & 0xf, 0xf);
         assert_eq!(ecap, 0xf0_0f1b);
-        assert_eq!(extended_capability(false) & ECAP_EIM, 0);
+        let no_eim = Capabilities {
+            extended_interrupt_mode: false,
+            ..caps(true, false)
+        };
+        assert_eq!(extended_capability(&no_eim) & ECAP_EIM, 0);
+        let dma = extended_capability(&caps(true, true));
+        assert_eq!(dma, ecap | ECAP_PT);
+        assert_eq!(dma & ECAP_DT, 0);
     }
 
     #[test]

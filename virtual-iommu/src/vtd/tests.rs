@@ -225,14 +225,28 @@ fn enabled_unit(eime: bool) -> (VtdUnit, FakeMem, u32) {
 
 // ---- Reset values and read-only registers ------------------------------------------------
 
+/// What the default configuration reports.
+fn default_caps() -> Capabilities {
+    Capabilities {
+        fault_records: 8,
+        posted_interrupts: true,
+        dma_translation: true,
+        caching_mode: true,
+        extended_interrupt_mode: true,
+    }
+}
+
 #[test]
 fn reset_values() {
     let u = VtdUnit::new(VtdConfig::default());
     assert_eq!(r32(&u, VER_REG), 0x10);
-    assert_eq!(r64(&u, CAP_REG), capability(8, true));
-    assert_eq!(r32(&u, CAP_REG), capability(8, true) as u32);
-    assert_eq!(r32(&u, CAP_REG + 4), (capability(8, true) >> 32) as u32);
-    assert_eq!(r64(&u, ECAP_REG), extended_capability(true));
+    assert_eq!(r64(&u, CAP_REG), capability(&default_caps()));
+    assert_eq!(r32(&u, CAP_REG), capability(&default_caps()) as u32);
+    assert_eq!(
+        r32(&u, CAP_REG + 4),
+        (capability(&default_caps()) >> 32) as u32
+    );
+    assert_eq!(r64(&u, ECAP_REG), extended_capability(&default_caps()));
     assert_eq!(r32(&u, GCMD_REG), 0);
     assert_eq!(r32(&u, GSTS_REG), 0);
     assert_eq!(r64(&u, RTADDR_REG), 0);
@@ -270,6 +284,8 @@ fn config_clamps_and_shapes_capabilities() {
         extended_interrupt_mode: false,
         fault_records: 0,
         posted_interrupts: false,
+        dma_translation: false,
+        caching_mode: false,
     });
     assert_eq!(u.capability() & CAP_PI, 0);
     assert_eq!(u.config().fault_records, 1);
@@ -279,6 +295,7 @@ fn config_clamps_and_shapes_capabilities() {
         extended_interrupt_mode: true,
         fault_records: 100_000,
         posted_interrupts: true,
+        ..VtdConfig::default()
     });
     assert_eq!(u.capability() & CAP_PI, CAP_PI);
     assert_eq!(u.config().fault_records, MAX_FAULT_RECORDS);
@@ -305,8 +322,8 @@ fn read_only_registers_ignore_writes() {
     w64(&mut u, &m, CAP_REG, 0);
     w64(&mut u, &m, IQH_REG, 0x7ff0);
     assert_eq!(r32(&u, VER_REG), 0x10);
-    assert_eq!(r64(&u, CAP_REG), capability(8, true));
-    assert_eq!(r64(&u, ECAP_REG), extended_capability(true));
+    assert_eq!(r64(&u, CAP_REG), capability(&default_caps()));
+    assert_eq!(r64(&u, ECAP_REG), extended_capability(&default_caps()));
     assert_eq!(r32(&u, GSTS_REG), 0);
     assert_eq!(r64(&u, IQH_REG), 0);
     // FSTS: PPF and FRI are not writable; FECTL.IP is not writable.
@@ -326,7 +343,11 @@ fn writable_register_masks() {
     let mut u = VtdUnit::new(VtdConfig::default());
     let m = FakeMem::new();
     w64(&mut u, &m, RTADDR_REG, 0x1234_5678_9abc_dfff);
-    assert_eq!(r64(&u, RTADDR_REG), 0x1234_5678_9abc_d000);
+    assert_eq!(
+        r64(&u, RTADDR_REG),
+        0x1234_5678_9abc_dc00,
+        "address and TTM"
+    );
     w64(&mut u, &m, IRTA_REG, 0xffff_ffff_ffff_ffff);
     assert_eq!(r64(&u, IRTA_REG), !0xfff | IRTA_EIME | 0xf);
     w32(&mut u, &m, FEDATA_REG, 0xffff_ffff);
@@ -403,8 +424,11 @@ fn gcmd_is_change_driven() {
 }
 
 #[test]
-fn te_is_ignored_and_srtp_latches_root_table() {
-    let mut u = VtdUnit::new(VtdConfig::default());
+fn te_is_ignored_without_dma_translation_and_srtp_latches_root_table() {
+    let mut u = VtdUnit::new(VtdConfig {
+        dma_translation: false,
+        ..VtdConfig::default()
+    });
     let m = FakeMem::new();
     w64(&mut u, &m, RTADDR_REG, 0x5000);
     let e = w32(&mut u, &m, GCMD_REG, GCMD_SRTP);
@@ -423,6 +447,26 @@ fn te_is_ignored_and_srtp_latches_root_table() {
     // Unsupported one-shot/enable bits are ignored.
     w32(&mut u, &m, GCMD_REG, GCMD_SFL | GCMD_EAFL | GCMD_WBF);
     assert_eq!(r32(&u, GSTS_REG), GSTS_RTPS);
+    assert_eq!((u.capability() >> CAP_SAGAW_SHIFT) & 0x1f, 0);
+}
+
+#[test]
+fn te_enables_translation_through_the_latched_root_table() {
+    let mut u = VtdUnit::new(VtdConfig::default());
+    let m = FakeMem::new();
+    w64(&mut u, &m, RTADDR_REG, 0x5000);
+    let e = w32(&mut u, &m, GCMD_REG, GCMD_SRTP);
+    assert!(e.dma_state_changed);
+    assert!(!u.translation_enabled());
+    let e = w32(&mut u, &m, GCMD_REG, GCMD_TE);
+    assert!(e.dma_state_changed && e.touches_dma());
+    assert_eq!(r32(&u, GSTS_REG), GSTS_RTPS | GSTS_TES);
+    assert!(u.translation_enabled());
+    // Writing the same state again changes nothing.
+    assert!(w32(&mut u, &m, GCMD_REG, GCMD_TE).is_empty());
+    let e = w32(&mut u, &m, GCMD_REG, 0);
+    assert!(e.dma_state_changed);
+    assert!(!u.translation_enabled());
 }
 
 #[test]
@@ -1127,7 +1171,14 @@ fn context_cache_and_iotlb_descriptors_are_accepted() {
         head,
         &[desc::context_cache_global(), desc::iotlb_global()],
     );
-    assert!(e.is_empty());
+    assert!(e.interrupts.is_empty() && e.iec.is_empty() && !e.ir_state_changed);
+    assert_eq!(
+        e.dma,
+        vec![
+            DmaInvalidation::Context(ContextInvalidation::Global),
+            DmaInvalidation::Iotlb(IotlbInvalidation::Global)
+        ]
+    );
     assert_eq!(m.get_u32(STATUS_ADDR), QI_DONE);
     assert_eq!(r32(&u, FSTS_REG), 0);
 }
@@ -1390,7 +1441,7 @@ fn effects_helpers() {
     a.merge(Effects {
         interrupts: vec![fault_event_msg()],
         iec: vec![IecInvalidation::Range { start: 4, count: 4 }],
-        ir_state_changed: false,
+        ..Effects::default()
     });
     assert!(!a.is_empty());
     assert!(a.invalidates(7) && !a.invalidates(8));
@@ -1437,4 +1488,5 @@ fn iqt_qword_write_runs_once_and_high_half_alone_does_not_fetch() {
     assert_eq!(r64(&u, IQH_REG), u64::from((head + 1) << 4));
 }
 
+mod dma;
 mod posting;
