@@ -3,8 +3,10 @@
 //! Every device implements [`BusDevice`]; the VMM's buses dispatch guest accesses to it
 //! with the offset from the device's base. Devices never talk to KVM directly: interrupts
 //! leave through [`IoApicSink`] (the userspace IOAPIC's view of the route table) and
-//! requests to stop the VM through [`VmExitHandler`].
+//! requests to stop the VM through [`VmExitHandler`]. Their DMA goes through a
+//! [`dma::DmaTranslator`] (the platform's IOMMU, or identity without one).
 
+pub mod dma;
 pub mod ioapic;
 pub mod legacy;
 pub mod pci;

@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use virtual_iommu::MsiMessage;
+use virtual_iommu::{GuestMemoryReader, MemError, MsiMessage};
 
 use crate::{ExitRequest, IoApicSink, VmExitHandler};
 
@@ -106,5 +106,44 @@ impl Write for FailingWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         Err(io::Error::other("broken pipe"))
+    }
+}
+
+/// 64 KiB of guest RAM at address 0, for DMA tests.
+pub struct TestRam(pub Mutex<Vec<u8>>);
+
+impl TestRam {
+    pub fn new() -> Arc<TestRam> {
+        Arc::new(TestRam(Mutex::new(vec![0; 0x1_0000])))
+    }
+}
+
+impl GuestMemoryReader for TestRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let ram = self.0.lock().unwrap();
+        let s = usize::try_from(gpa).unwrap_or(usize::MAX);
+        let src =
+            s.checked_add(buf.len())
+                .and_then(|e| ram.get(s..e))
+                .ok_or(MemError::Unmapped {
+                    gpa,
+                    len: buf.len(),
+                })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
+        let mut ram = self.0.lock().unwrap();
+        let s = usize::try_from(gpa).unwrap_or(usize::MAX);
+        let dst = s
+            .checked_add(buf.len())
+            .and_then(|e| ram.get_mut(s..e))
+            .ok_or(MemError::Unmapped {
+                gpa,
+                len: buf.len(),
+            })?;
+        dst.copy_from_slice(buf);
+        Ok(())
     }
 }

@@ -14,10 +14,25 @@
 //! | interrupts | MSI: 1 vector, 64-bit, per-vector masking | MSI-X: 256 vectors |
 //!
 //! Differences from QEMU's device: no INTx (interrupt pin 0: interrupts need MSI or MSI-X),
-//! the MSI capability offers per-vector masking, the factorial completes synchronously
-//! (the "computing" status bit always reads 0), and **there is no DMA engine**: the DMA
-//! registers read 0 and ignore writes, so a transfer started with command bit 0 moves no
-//! data (the command register reads 0 at once; the attempt is logged once).
+//! the MSI capability offers per-vector masking, the factorial and DMA transfers complete
+//! synchronously during the register write that starts them (the "computing" status bit
+//! and the command register's start bit read 0 at once; QEMU runs a transfer 100 ms after
+//! the write), DMA addresses are not masked (QEMU's default `dma_mask` keeps 28 bits; this
+//! device behaves like QEMU's with `dma_mask=0xffffffffffffffff`), and a transfer whose
+//! device-side range leaves the 4 KiB buffer moves nothing (QEMU aborts).
+//!
+//! # DMA
+//!
+//! The DMA engine copies between guest memory, named by I/O virtual addresses that go
+//! through the platform's IOMMU ([`DmaSpace`]: identity without one), and a 4 KiB buffer at
+//! device address [`EDU_DMA_BUFFER_ADDR`]. Software writes the source (0x80), destination
+//! (0x88) and count (0x90), then the command (0x98) with bit 0 (start), bit 1 (direction:
+//! 0 guest memory → buffer, 1 buffer → guest memory) and bit 2 (raise interrupt status
+//! 0x100 when done). A command written without bit 0 is ignored. The transfer then
+//! happens (or not: bus mastering off, an IOMMU fault, which the IOMMU records, or a
+//! buffer range outside the buffer move no data, all or nothing) and completes: bit 0
+//! clears and the interrupt is raised if asked, as QEMU's device completes a transfer
+//! whose memory access failed. Nothing outside the guest's mapping is ever touched.
 //!
 //! # BAR 0 registers
 //!
@@ -35,7 +50,7 @@
 //! | 0x64 | WO | interrupt acknowledge: clears the value's bits in interrupt status |
 //! | 0x68 | WO | (MSI-X variant) raise vector `N`: writing `N` triggers MSI-X vector `N` (no status change; values ≥ 256 are ignored) |
 //! | 0x6c | RO | (MSI-X variant) number of MSI-X vectors (256) |
-//! | 0x80, 0x88, 0x90, 0x98 | RW | DMA source, destination, count, command: not implemented, read 0 |
+//! | 0x80, 0x88, 0x90, 0x98 | RW | DMA source, destination, count, command (see "DMA"; a 4-byte write replaces the whole register) |
 //!
 //! Each interrupt is one message: with MSI, a raise sends vector 0 once (the status stays
 //! set until acknowledged, but nothing is re-sent). Interrupts need MSI (or MSI-X) enabled
@@ -49,6 +64,7 @@ use super::config::{BarKind, BarRegion, ConfigWriteEffect, PciConfigSpace, PciHe
 use super::msi::MsiCapability;
 use super::msix::{MsixCapability, MsixLayout};
 use super::{MsiSink, PciError, PciFunction};
+use crate::dma::DmaSpace;
 use crate::fill_ones;
 
 /// Vendor ID (QEMU's).
@@ -101,16 +117,26 @@ pub const EDU_REG_IRQ_ACK: u64 = 0x64;
 pub const EDU_REG_MSIX_RAISE: u64 = 0x68;
 /// MSI-X variant: number of vectors.
 pub const EDU_REG_MSIX_VECTORS: u64 = 0x6c;
-/// DMA source address register (not implemented).
+/// DMA source address register.
 pub const EDU_REG_DMA_SRC: u64 = 0x80;
-/// DMA destination address register (not implemented).
+/// DMA destination address register.
 pub const EDU_REG_DMA_DST: u64 = 0x88;
-/// DMA transfer count register (not implemented).
+/// DMA transfer count register.
 pub const EDU_REG_DMA_COUNT: u64 = 0x90;
-/// DMA command register (not implemented).
+/// DMA command register.
 pub const EDU_REG_DMA_CMD: u64 = 0x98;
-/// DMA command: start transfer.
+/// DMA command: start transfer (reads 0 once the transfer is done).
 pub const EDU_DMA_CMD_START: u64 = 0x1;
+/// DMA command: direction, set for buffer → guest memory.
+pub const EDU_DMA_CMD_TO_MEMORY: u64 = 0x2;
+/// DMA command: raise [`EDU_DMA_IRQ`] when done.
+pub const EDU_DMA_CMD_IRQ: u64 = 0x4;
+/// The interrupt status value a finished DMA raises.
+pub const EDU_DMA_IRQ: u32 = 0x100;
+/// Device address of the DMA buffer.
+pub const EDU_DMA_BUFFER_ADDR: u64 = 0x4_0000;
+/// Size of the DMA buffer.
+pub const EDU_DMA_BUFFER_SIZE: usize = 4096;
 /// Registers below this offset take 4-byte accesses only; above, 4 or 8.
 pub const EDU_WIDE_REGS_START: u64 = 0x80;
 
@@ -122,8 +148,6 @@ pub const EDU_STATUS_COMPUTING: u32 = 0x01;
 pub const EDU_STATUS_IRQ_FACTORIAL: u32 = 0x80;
 /// The interrupt status value a completed factorial raises.
 pub const EDU_FACTORIAL_IRQ: u32 = 0x1;
-/// What the DMA registers read as.
-pub const EDU_DMA_READ_VALUE: u64 = 0;
 /// The vector the raise register sends.
 pub const EDU_RAISE_VECTOR: u16 = 0;
 
@@ -146,7 +170,98 @@ pub struct EduDevice {
     factorial: u32,
     status: u32,
     irq_status: u32,
-    dma_warned: bool,
+    dma: EduDma,
+}
+
+/// The DMA engine: its registers, its buffer and the device's view of guest memory.
+struct EduDma {
+    src: u64,
+    dst: u64,
+    count: u64,
+    cmd: u64,
+    buffer: Box<[u8; EDU_DMA_BUFFER_SIZE]>,
+    space: Option<DmaSpace>,
+    /// Transfers that moved data, and those that did not.
+    done: u64,
+    failed: u64,
+    warned: bool,
+}
+
+impl EduDma {
+    fn new() -> Self {
+        EduDma {
+            src: 0,
+            dst: 0,
+            count: 0,
+            cmd: 0,
+            buffer: Box::new([0; EDU_DMA_BUFFER_SIZE]),
+            space: None,
+            done: 0,
+            failed: 0,
+            warned: false,
+        }
+    }
+
+    /// The buffer range `[addr, addr + count)` names, if it lies inside the buffer.
+    fn buffer_range(addr: u64, count: u64) -> Option<std::ops::Range<usize>> {
+        let start = addr.checked_sub(EDU_DMA_BUFFER_ADDR)?;
+        let end = start.checked_add(count)?;
+        if end > EDU_DMA_BUFFER_SIZE as u64 {
+            return None;
+        }
+        Some(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+    }
+
+    /// Runs the transfer the registers describe; true when data moved.
+    fn run(&mut self, bus_master: bool) -> bool {
+        let to_memory = self.cmd & EDU_DMA_CMD_TO_MEMORY != 0;
+        let (buffer_addr, iova) = if to_memory {
+            (self.src, self.dst)
+        } else {
+            (self.dst, self.src)
+        };
+        let Some(range) = Self::buffer_range(buffer_addr, self.count) else {
+            if !self.warned {
+                warn!(
+                    "edu: DMA of {:#x} bytes at device address {buffer_addr:#x} leaves the buffer \
+                     ({EDU_DMA_BUFFER_ADDR:#x}+{EDU_DMA_BUFFER_SIZE:#x}); nothing moved",
+                    self.count
+                );
+                self.warned = true;
+            }
+            return false;
+        };
+        if !bus_master {
+            debug!("edu: DMA with bus mastering off; nothing moved");
+            return false;
+        }
+        let Some(space) = &self.space else {
+            if !self.warned {
+                warn!("edu: no DMA path to guest memory; transfer ignored");
+                self.warned = true;
+            }
+            return false;
+        };
+        let Some(buf) = self.buffer.get_mut(range) else {
+            return false;
+        };
+        let result = if to_memory {
+            space.write(iova, buf)
+        } else {
+            // Read into a copy: a failed read leaves the buffer untouched.
+            let mut data = vec![0u8; buf.len()];
+            space
+                .read(iova, &mut data)
+                .map(|()| buf.copy_from_slice(&data))
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("edu: DMA at {iova:#x} failed: {e}");
+                false
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for EduDevice {
@@ -219,8 +334,26 @@ impl EduDevice {
             factorial: 0,
             status: 0,
             irq_status: 0,
-            dma_warned: false,
+            dma: EduDma::new(),
         }
+    }
+
+    /// Gives the DMA engine its view of guest memory (through the platform's IOMMU).
+    /// Without one, transfers move nothing.
+    pub fn with_dma(mut self, space: DmaSpace) -> Self {
+        self.dma.space = Some(space);
+        self
+    }
+
+    /// DMA transfers that moved data, and those that did not (bus mastering off, IOMMU
+    /// fault, bad buffer range).
+    pub fn dma_counts(&self) -> (u64, u64) {
+        (self.dma.done, self.dma.failed)
+    }
+
+    /// The DMA buffer.
+    pub fn dma_buffer(&self) -> &[u8] {
+        &self.dma.buffer[..]
     }
 
     /// The configuration space.
@@ -267,9 +400,10 @@ impl EduDevice {
             EDU_REG_STATUS => self.status,
             EDU_REG_IRQ_STATUS => self.irq_status,
             EDU_REG_MSIX_VECTORS => u32::from(self.msix()?.vectors()),
-            EDU_REG_DMA_SRC | EDU_REG_DMA_DST | EDU_REG_DMA_COUNT | EDU_REG_DMA_CMD => {
-                return Some(EDU_DMA_READ_VALUE)
-            }
+            EDU_REG_DMA_SRC => return Some(self.dma.src),
+            EDU_REG_DMA_DST => return Some(self.dma.dst),
+            EDU_REG_DMA_COUNT => return Some(self.dma.count),
+            EDU_REG_DMA_CMD => return Some(self.dma.cmd),
             _ => return None,
         };
         Some(u64::from(value))
@@ -301,14 +435,27 @@ impl EduDevice {
                 }
                 _ => debug!("edu: raise of nonexistent vector {value32} ignored"),
             },
-            EDU_REG_DMA_CMD if value & EDU_DMA_CMD_START != 0 => {
-                if !self.dma_warned {
-                    warn!("edu: DMA is not implemented; transfer ignored");
-                    self.dma_warned = true;
-                }
-            }
-            EDU_REG_DMA_SRC | EDU_REG_DMA_DST | EDU_REG_DMA_COUNT | EDU_REG_DMA_CMD => {}
+            EDU_REG_DMA_SRC => self.dma.src = value,
+            EDU_REG_DMA_DST => self.dma.dst = value,
+            EDU_REG_DMA_COUNT => self.dma.count = value,
+            EDU_REG_DMA_CMD if value & EDU_DMA_CMD_START != 0 => self.start_dma(value),
+            EDU_REG_DMA_CMD => debug!("edu: DMA command {value:#x} without start ignored"),
             _ => debug!("edu: write of {value:#x} to {offset:#x} ignored"),
+        }
+    }
+
+    /// Latches `cmd`, runs the transfer, completes it (start bit clear, interrupt status
+    /// 0x100 raised when asked) whether or not data moved.
+    fn start_dma(&mut self, cmd: u64) {
+        self.dma.cmd = cmd;
+        if self.dma.run(self.config.bus_master_enabled()) {
+            self.dma.done += 1;
+        } else {
+            self.dma.failed += 1;
+        }
+        self.dma.cmd &= !EDU_DMA_CMD_START;
+        if cmd & EDU_DMA_CMD_IRQ != 0 {
+            self.raise(EDU_DMA_IRQ);
         }
     }
 
@@ -412,6 +559,7 @@ impl PciFunction for EduDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dma::IdentityDma;
     use crate::pci::config::{
         PCI_BAR0, PCI_CLASS_CODE, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY,
         PCI_INTERRUPT_PIN, PCI_REVISION_ID, PCI_VENDOR_ID,
@@ -421,7 +569,8 @@ mod tests {
     };
     use crate::pci::msix::{MSIX_CONTROL, MSIX_CTRL_ENABLE, MSIX_ENTRY_SIZE, PCI_CAP_ID_MSIX};
     use crate::pci::testing::{MsiCall, RecordingMsiSink};
-    use virtual_iommu::MsiMessage;
+    use crate::test_utils::TestRam;
+    use virtual_iommu::{MsiMessage, SourceId};
 
     const MSG_ADDR: u32 = 0xfee0_0000;
 
@@ -631,25 +780,24 @@ mod tests {
         assert_eq!(read32(&mut dev, u64::MAX), u32::MAX);
         assert!(sink.take().is_empty());
         assert_eq!(dev.irq_status(), 0);
-        // DMA registers: 4 and 8 bytes read 0; writes (even a start command) change nothing.
-        for reg in [
-            EDU_REG_DMA_SRC,
-            EDU_REG_DMA_DST,
-            EDU_REG_DMA_COUNT,
-            EDU_REG_DMA_CMD,
-        ] {
-            dev.bar_write(EDU_REGS_BAR, reg, &u64::MAX.to_le_bytes());
-            let mut wide = [0xaau8; 8];
+        // DMA registers: 4- and 8-byte accesses; a 4-byte write replaces the whole
+        // register; 0x84 & co. are not registers.
+        for reg in [EDU_REG_DMA_SRC, EDU_REG_DMA_DST, EDU_REG_DMA_COUNT] {
+            dev.bar_write(EDU_REGS_BAR, reg, &0x1122_3344_5566_7788u64.to_le_bytes());
+            let mut wide = [0u8; 8];
             dev.bar_read(EDU_REGS_BAR, reg, &mut wide);
-            assert_eq!(wide, [0; 8]);
-            assert_eq!(read32(&mut dev, reg), 0);
+            assert_eq!(u64::from_le_bytes(wide), 0x1122_3344_5566_7788);
+            write32(&mut dev, reg, 0xabcd);
+            dev.bar_read(EDU_REGS_BAR, reg, &mut wide);
+            assert_eq!(u64::from_le_bytes(wide), 0xabcd);
+            assert_eq!(read32(&mut dev, reg + 4), u32::MAX);
         }
-        write32(&mut dev, EDU_REG_DMA_CMD, EDU_DMA_CMD_START as u32);
+        // A command without the start bit is ignored.
+        write32(&mut dev, EDU_REG_DMA_CMD, 0x6);
         assert_eq!(read32(&mut dev, EDU_REG_DMA_CMD), 0);
         let mut odd = [0u8; 2];
         dev.bar_read(EDU_REGS_BAR, EDU_REG_DMA_SRC, &mut odd);
         assert_eq!(odd, [0xff; 2]);
-        assert_eq!(read32(&mut dev, EDU_REG_DMA_SRC + 4), u32::MAX);
         assert!(sink.take().is_empty());
         // BARs the device does not have.
         let mut data = [0u8; 4];
@@ -714,5 +862,122 @@ mod tests {
         // Bus mastering off: nothing is sent.
         write32(&mut dev, EDU_REG_MSIX_RAISE, 3);
         assert!(sink.take().is_empty());
+    }
+
+    /// The MSI device with a DMA engine over 64 KiB of identity-mapped RAM.
+    fn dma_device() -> (EduDevice, Arc<RecordingMsiSink>, Arc<TestRam>) {
+        let (dev, sink) = msi_device();
+        let ram = TestRam::new();
+        let space = DmaSpace::new(Arc::new(IdentityDma), ram.clone(), SourceId(0x08));
+        (dev.with_dma(space), sink, ram)
+    }
+
+    fn write64(dev: &mut EduDevice, offset: u64, value: u64) {
+        dev.bar_write(EDU_REGS_BAR, offset, &value.to_le_bytes());
+    }
+
+    fn dma(dev: &mut EduDevice, src: u64, dst: u64, count: u64, cmd: u64) {
+        write64(dev, EDU_REG_DMA_SRC, src);
+        write64(dev, EDU_REG_DMA_DST, dst);
+        write64(dev, EDU_REG_DMA_COUNT, count);
+        write64(dev, EDU_REG_DMA_CMD, cmd);
+    }
+
+    #[test]
+    fn dma_both_directions_with_completion_interrupt() {
+        let (mut dev, sink, ram) = dma_device();
+        let pattern: Vec<u8> = (0..100u8).collect();
+        ram.0.lock().unwrap()[0x1000..0x1064].copy_from_slice(&pattern);
+        // RAM → buffer, with the completion interrupt.
+        dma(
+            &mut dev,
+            0x1000,
+            EDU_DMA_BUFFER_ADDR + 0x10,
+            100,
+            EDU_DMA_CMD_START | EDU_DMA_CMD_IRQ,
+        );
+        assert_eq!(read32(&mut dev, EDU_REG_DMA_CMD), EDU_DMA_CMD_IRQ as u32);
+        assert_eq!(&dev.dma_buffer()[0x10..0x74], &pattern[..]);
+        assert_eq!(dev.irq_status(), EDU_DMA_IRQ);
+        assert_eq!(sink.take(), vec![MsiCall::Trigger(0)]);
+        // Buffer → RAM elsewhere, no interrupt.
+        dma(
+            &mut dev,
+            EDU_DMA_BUFFER_ADDR + 0x10,
+            0x2000,
+            100,
+            EDU_DMA_CMD_START | EDU_DMA_CMD_TO_MEMORY,
+        );
+        assert_eq!(&ram.0.lock().unwrap()[0x2000..0x2064], &pattern[..]);
+        assert!(sink.take().is_empty());
+        assert_eq!(dev.dma_counts(), (2, 0));
+        // The whole buffer, 8-byte count register.
+        dma(
+            &mut dev,
+            EDU_DMA_BUFFER_ADDR,
+            0x3000,
+            EDU_DMA_BUFFER_SIZE as u64,
+            EDU_DMA_CMD_START | EDU_DMA_CMD_TO_MEMORY,
+        );
+        assert_eq!(dev.dma_counts(), (3, 0));
+    }
+
+    #[test]
+    fn failed_dma_moves_nothing_but_completes() {
+        let (mut dev, sink, ram) = dma_device();
+        let before = ram.0.lock().unwrap().clone();
+        // Beyond RAM, the interrupt window, a buffer range past the buffer, a count that
+        // wraps: each completes (with its interrupt) and moves nothing.
+        for (src, dst, count) in [
+            (EDU_DMA_BUFFER_ADDR, 0xff00, 0x200),
+            (EDU_DMA_BUFFER_ADDR, 0xfee0_0000, 4),
+            (EDU_DMA_BUFFER_ADDR + 0xf00, 0x100, 0x200),
+            (EDU_DMA_BUFFER_ADDR, 0x100, u64::MAX),
+            (u64::MAX - 1, 0x100, 4),
+        ] {
+            dma(
+                &mut dev,
+                src,
+                dst,
+                count,
+                EDU_DMA_CMD_START | EDU_DMA_CMD_TO_MEMORY | EDU_DMA_CMD_IRQ,
+            );
+            assert_eq!(read32(&mut dev, EDU_REG_DMA_CMD) & 1, 0);
+            assert_eq!(sink.take(), vec![MsiCall::Trigger(0)]);
+            write32(&mut dev, EDU_REG_IRQ_ACK, EDU_DMA_IRQ);
+        }
+        assert_eq!(*ram.0.lock().unwrap(), before);
+        // Reading from beyond RAM leaves the buffer alone.
+        dma(&mut dev, 0, EDU_DMA_BUFFER_ADDR, 16, EDU_DMA_CMD_START);
+        ram.0.lock().unwrap()[..16].fill(0x77);
+        dma(&mut dev, 0xfff8, EDU_DMA_BUFFER_ADDR, 16, EDU_DMA_CMD_START);
+        assert_eq!(&dev.dma_buffer()[..16], &[0; 16]);
+        assert_eq!(dev.dma_counts(), (1, 6));
+    }
+
+    #[test]
+    fn dma_needs_bus_mastering() {
+        let (mut dev, _sink, ram) = dma_device();
+        cfg_write(&mut dev, PCI_COMMAND, &PCI_COMMAND_MEMORY.to_le_bytes());
+        dma(
+            &mut dev,
+            EDU_DMA_BUFFER_ADDR,
+            0x100,
+            16,
+            EDU_DMA_CMD_START | EDU_DMA_CMD_TO_MEMORY,
+        );
+        assert_eq!(dev.dma_counts(), (0, 1));
+        assert_eq!(read32(&mut dev, EDU_REG_DMA_CMD) & 1, 0);
+        assert!(ram.0.lock().unwrap()[0x100..0x110].iter().all(|b| *b == 0));
+        // Without a DMA path at all, nothing moves either.
+        let (mut plain, _) = msi_device();
+        dma(
+            &mut plain,
+            EDU_DMA_BUFFER_ADDR,
+            0x100,
+            16,
+            EDU_DMA_CMD_START | EDU_DMA_CMD_TO_MEMORY,
+        );
+        assert_eq!(plain.dma_counts(), (0, 1));
     }
 }
