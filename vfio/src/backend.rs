@@ -353,8 +353,26 @@ pub trait VfioBackend: Send {
     fn reset(&mut self) -> Result<(), BackendError>;
     /// Makes `region` of guest RAM reachable by the device's DMA.
     fn dma_map(&mut self, region: &DmaRegion) -> Result<(), BackendError>;
-    /// Removes a DMA mapping made by [`VfioBackend::dma_map`].
+    /// Removes a DMA mapping made by [`VfioBackend::dma_map`] (or
+    /// [`VfioBackend::dma_map_with`]).
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), BackendError>;
+    /// Makes `region` reachable by the device's DMA with exactly the permissions given:
+    /// reads when `read`, writes when `write` (a guest IOMMU's read-only or write-only
+    /// mapping, shadowed). The default serves read-write only.
+    fn dma_map_with(
+        &mut self,
+        region: &DmaRegion,
+        read: bool,
+        write: bool,
+    ) -> Result<(), BackendError> {
+        if read && write {
+            return self.dma_map(region);
+        }
+        Err(BackendError::Invalid {
+            op: "DMA map",
+            what: "this backend maps guest memory read-write only".into(),
+        })
+    }
     /// A descriptor (the caller's own duplicate) that reports a hang-up when the device
     /// goes away (a vfio-user server's socket), so the VMM can stop mapping its memory into
     /// the guest at once.

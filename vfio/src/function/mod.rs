@@ -364,6 +364,23 @@ impl VfioPciFunction {
         Ok(())
     }
 
+    /// Makes `region` reachable by the device's DMA with the permissions given (a
+    /// shadowed guest IOMMU mapping).
+    pub fn dma_map_with(
+        &mut self,
+        region: &DmaRegion,
+        read: bool,
+        write: bool,
+    ) -> Result<(), BackendError> {
+        self.backend.dma_map_with(region, read, write)
+    }
+
+    /// Removes a DMA mapping made by [`VfioPciFunction::dma_map`] or
+    /// [`VfioPciFunction::dma_map_with`].
+    pub fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), BackendError> {
+        self.backend.dma_unmap(iova, size)
+    }
+
     /// The BAR parts mapped into the guest (KVM memory slots at the BAR's address).
     pub fn mapped_areas(&self) -> &[MappedArea] {
         &self.mapped

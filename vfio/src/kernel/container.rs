@@ -287,6 +287,19 @@ impl KernelVfio {
 
     /// Maps `region` on behalf of `owner` (a no-op when already mapped identically).
     pub(crate) fn claim(&self, owner: Owner, region: &DmaRegion) -> Result<(), BackendError> {
+        self.claim_with(owner, region, true, true)
+    }
+
+    /// [`KernelVfio::claim`] with the device allowed to read (`read`) and write (`write`)
+    /// the region. Identical claims share the first mapping and its permissions (all
+    /// devices of the container share one I/O address space).
+    pub(crate) fn claim_with(
+        &self,
+        owner: Owner,
+        region: &DmaRegion,
+        read: bool,
+        write: bool,
+    ) -> Result<(), BackendError> {
         const OP: &str = "VFIO_IOMMU_MAP_DMA";
         let mut st = self.state();
         let container = st.container.clone().ok_or(BackendError::Invalid {
@@ -307,13 +320,26 @@ impl KernelVfio {
         if action == Action::Nothing {
             return Ok(());
         }
-        // SAFETY: a DmaRegion is guest RAM (the trait's contract): the VMM keeps
-        // `[host_addr, host_addr + size)` mapped for the VM's lifetime and touches it only as
-        // guest memory (volatile accesses, never Rust references held across device DMA). The
-        // kernel pins the pages, so the device never reaches memory outside them.
-        let mapped =
-            unsafe { container.vfio_dma_map(region.iova, size, region.host_addr as *mut u8) };
-        mapped.map_err(|e| dma_error(OP, e))?;
+        if read && write {
+            // SAFETY: a DmaRegion is guest RAM (the trait's contract): the VMM keeps
+            // `[host_addr, host_addr + size)` mapped for the VM's lifetime and touches it only
+            // as guest memory (volatile accesses, never Rust references held across device
+            // DMA). The kernel pins the pages, so the device never reaches memory outside them.
+            let mapped =
+                unsafe { container.vfio_dma_map(region.iova, size, region.host_addr as *mut u8) };
+            mapped.map_err(|e| dma_error(OP, e))?;
+        } else {
+            let request = super::ioctl::dma_map_request(
+                region.iova,
+                region.size,
+                region.host_addr,
+                read,
+                write,
+            );
+            // SAFETY: as above: the region is guest RAM kept mapped for the VM's lifetime.
+            unsafe { super::ioctl::map_dma(&*container, &request) }
+                .map_err(|source| BackendError::Io { op: OP, source })?;
+        }
         st.dma
             .commit_map(owner, region.iova, region.size, region.host_addr);
         Ok(())

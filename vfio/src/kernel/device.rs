@@ -373,6 +373,15 @@ impl VfioBackend for VfioKernelDevice {
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), BackendError> {
         self.host.release(self.owner, iova, size)
     }
+
+    fn dma_map_with(
+        &mut self,
+        region: &DmaRegion,
+        read: bool,
+        write: bool,
+    ) -> Result<(), BackendError> {
+        self.host.claim_with(self.owner, region, read, write)
+    }
 }
 
 impl Drop for VfioKernelDevice {

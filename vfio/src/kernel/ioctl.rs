@@ -10,8 +10,13 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 
-use vfio_bindings::bindings::vfio::{vfio_device_info, vfio_irq_info, VFIO_BASE, VFIO_TYPE};
-use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr};
+use vfio_bindings::bindings::vfio::{
+    vfio_device_info, vfio_iommu_type1_dma_map, vfio_irq_info, VFIO_BASE, VFIO_DMA_MAP_FLAG_READ,
+    VFIO_DMA_MAP_FLAG_WRITE, VFIO_TYPE,
+};
+use vmm_sys_util::ioctl::{
+    ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref,
+};
 
 use crate::backend::{IrqInfo, RegionInfo};
 use crate::caps::{self, CapError, RawRegionInfo, RegionCaps, REGION_FLAG_CAPS, REGION_FLAG_MMAP};
@@ -21,6 +26,7 @@ vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE as u32, VFIO_B
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE as u32, VFIO_BASE + 9);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
+vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE as u32, VFIO_BASE + 13);
 
 /// Largest region-info answer accepted (fixed part and capability chain); real chains are
 /// a few hundred bytes.
@@ -197,6 +203,47 @@ pub fn set_irqs(fd: &impl AsRawFd, words: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
+/// The VFIO_IOMMU_MAP_DMA request mapping `size` bytes at `vaddr` to `iova` with the
+/// device allowed to read (`read`) and write (`write`) them.
+pub fn dma_map_request(
+    iova: u64,
+    size: u64,
+    vaddr: u64,
+    read: bool,
+    write: bool,
+) -> vfio_iommu_type1_dma_map {
+    vfio_iommu_type1_dma_map {
+        argsz: std::mem::size_of::<vfio_iommu_type1_dma_map>() as u32,
+        flags: if read { VFIO_DMA_MAP_FLAG_READ } else { 0 }
+            | if write { VFIO_DMA_MAP_FLAG_WRITE } else { 0 },
+        vaddr,
+        iova,
+        size,
+    }
+}
+
+/// VFIO_IOMMU_MAP_DMA on the container fd with the permissions of `request` (vfio-ioctls
+/// 0.10 always asks for read and write).
+///
+/// # Safety
+///
+/// `[request.vaddr, request.vaddr + request.size)` must be memory of this process that
+/// stays mapped while the mapping exists and is touched only as guest memory: the
+/// device may read or write it at any time.
+pub unsafe fn map_dma(
+    container: &impl AsRawFd,
+    request: &vfio_iommu_type1_dma_map,
+) -> io::Result<()> {
+    // SAFETY: `request` is a complete `vfio_iommu_type1_dma_map` the kernel only reads; the
+    // memory it names is the caller's to give (this function's contract). The return value
+    // is checked.
+    let ret = unsafe { ioctl_with_ref(container, VFIO_IOMMU_MAP_DMA(), request) };
+    if ret < 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
 /// VFIO_DEVICE_RESET.
 pub fn reset(fd: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: an argument-less ioctl on the device fd; the return value is checked.
@@ -229,6 +276,22 @@ pub fn write_all_at(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dma_map_requests_carry_the_permissions() {
+        let r = dma_map_request(0x1000, 0x2000, 0x7f00_0000, true, false);
+        assert_eq!(r.argsz, 32);
+        assert_eq!(r.flags, VFIO_DMA_MAP_FLAG_READ);
+        assert_eq!((r.iova, r.size, r.vaddr), (0x1000, 0x2000, 0x7f00_0000));
+        assert_eq!(
+            dma_map_request(0, 1, 0, true, true).flags,
+            VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE
+        );
+        assert_eq!(
+            dma_map_request(0, 1, 0, false, true).flags,
+            VFIO_DMA_MAP_FLAG_WRITE
+        );
+    }
     use crate::backend::{IRQ_MSIX, IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD};
     use crate::caps::build::{region_info, Cap};
     use crate::caps::{SparseArea, REGION_FLAG_READ, REGION_FLAG_WRITE};

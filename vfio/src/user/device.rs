@@ -439,6 +439,15 @@ impl VfioBackend for VfioUserDevice {
     }
 
     fn dma_map(&mut self, region: &DmaRegion) -> Result<(), BackendError> {
+        self.dma_map_with(region, true, true)
+    }
+
+    fn dma_map_with(
+        &mut self,
+        region: &DmaRegion,
+        read: bool,
+        write: bool,
+    ) -> Result<(), BackendError> {
         self.alive()?;
         let cmd = Command::DmaMap;
         let invalid = |what: String| BackendError::Invalid {
@@ -462,7 +471,13 @@ impl VfioBackend for VfioUserDevice {
             .call(
                 deadline,
                 cmd,
-                &p::dma_map_request(region.iova, region.size, region.fd_offset),
+                &p::dma_map_request_with(
+                    region.iova,
+                    region.size,
+                    region.fd_offset,
+                    if read { p::DMA_FLAG_READ } else { 0 }
+                        | if write { p::DMA_FLAG_WRITE } else { 0 },
+                ),
                 &[region.fd],
                 cmd.reply_payload(0),
             )

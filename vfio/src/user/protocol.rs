@@ -456,11 +456,13 @@ impl RegionAccess {
 /// The DMA_MAP request payload: the region `[iova, iova + size)` backed by the file sent
 /// with the message at `fd_offset`, readable and writable by the device.
 pub fn dma_map_request(iova: u64, size: u64, fd_offset: u64) -> Vec<u8> {
+    dma_map_request_with(iova, size, fd_offset, DMA_FLAG_READ | DMA_FLAG_WRITE)
+}
+
+/// [`dma_map_request`] with the permission `flags` ([`DMA_FLAG_READ`], [`DMA_FLAG_WRITE`]).
+pub fn dma_map_request_with(iova: u64, size: u64, fd_offset: u64, flags: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(DMA_MAP_SIZE);
-    put_u32s(
-        &mut out,
-        &[DMA_MAP_SIZE as u32, DMA_FLAG_READ | DMA_FLAG_WRITE],
-    );
+    put_u32s(&mut out, &[DMA_MAP_SIZE as u32, flags]);
     for v in [fd_offset, iova, size] {
         out.extend_from_slice(&v.to_ne_bytes());
     }
@@ -596,6 +598,9 @@ mod tests {
         assert_eq!(m[8..16], 0x3000u64.to_ne_bytes());
         assert_eq!(m[16..24], 0x1000u64.to_ne_bytes());
         assert_eq!(m[24..32], 0x2000u64.to_ne_bytes());
+        let ro = dma_map_request_with(0x1000, 0x2000, 0x3000, DMA_FLAG_READ);
+        assert_eq!(ro[4..8], 1u32.to_ne_bytes());
+        assert_eq!(ro[8..], m[8..]);
         let u = dma_unmap_request(0x1000, 0x2000);
         assert_eq!(u.len(), DMA_UNMAP_SIZE);
         let r = region_info_request(7, 32);
