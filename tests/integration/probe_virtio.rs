@@ -62,7 +62,7 @@ impl Image {
                 48..=55 => 0,
                 _ => pattern(o),
             };
-            if s >= 40 && s < 48 && !discard_zeroes {
+            if (40..48).contains(&s) && !discard_zeroes {
                 continue;
             }
             assert_eq!(b, want, "image byte {o:#x} (sector {s})");
