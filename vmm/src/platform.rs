@@ -33,7 +33,9 @@ use crate::interrupt::{
     DeviceVectors, HostPosting, InterruptRouter, IoApicPins, TranslationPolicy,
 };
 use crate::iommu::amd::UnremappedMsi;
-use crate::iommu::{AmdIommuFunction, AmdMmio, Iommu, VtdMmio};
+use crate::iommu::dma::IommuDma;
+use crate::iommu::shadow::DmaShadows;
+use crate::iommu::{AmdIommuFunction, AmdMmio, GuestRam, Iommu, VtdMmio};
 use crate::layout::*;
 use crate::passthrough::events::PassthroughEvents;
 use crate::passthrough::slots::BarMapper;
@@ -162,6 +164,8 @@ struct PciSetup<'a> {
     intx: &'a [IntxRoute],
     virtio: &'a mut crate::virtio::VirtioDevices,
     vm: &'a Arc<VmFd>,
+    /// Emulated devices' DMA path (the VT-d unit's translation, or identity).
+    dma: Arc<dyn devices::dma::DmaTranslator>,
 }
 
 fn add_pci_devices(
@@ -209,11 +213,18 @@ fn add_pci_devices(
             DeviceVectors::emulated(setup.router.clone(), address.source_id(), vectors)
                 .map_err(|e| Error::usage("--device", e.to_string()))?,
         );
+        let dma = devices::dma::DmaSpace::new(
+            setup.dma.clone(),
+            Arc::new(GuestRam(setup.mem.clone())),
+            address.source_id(),
+        );
         let function: SharedPciFunction = match kind {
-            PciDeviceKind::Edu => Arc::new(Mutex::new(EduDevice::new(sink).map_err(pci_error)?)),
-            PciDeviceKind::EduMsix => {
-                Arc::new(Mutex::new(EduDevice::new_msix(sink).map_err(pci_error)?))
-            }
+            PciDeviceKind::Edu => Arc::new(Mutex::new(
+                EduDevice::new(sink).map_err(pci_error)?.with_dma(dma),
+            )),
+            PciDeviceKind::EduMsix => Arc::new(Mutex::new(
+                EduDevice::new_msix(sink).map_err(pci_error)?.with_dma(dma),
+            )),
         };
         root.add_function(address, function).map_err(pci_error)?;
         log::info!("PCI {address}: {kind:?}");
@@ -280,6 +291,17 @@ pub fn build(
         SourceId::new(b, d, f),
         host_posting(&opened),
     );
+    // Emulated devices' DMA goes through the VT-d unit; passed-through devices' host
+    // mappings shadow its DMA remapping.
+    let (dma, shadows): (Arc<dyn devices::dma::DmaTranslator>, _) = match (&iommu, config.iommu) {
+        (Some(unit), IommuKind::Intel) => (
+            Arc::new(IommuDma::new(unit.clone(), Arc::downgrade(&router))),
+            Some(Arc::new(DmaShadows::new(crate::passthrough::dma_regions(
+                mem,
+            )))),
+        ),
+        _ => (Arc::new(devices::dma::IdentityDma), None),
+    };
     let pins = Arc::new(IoApicPins::new(router.clone()));
     let ioapic = Arc::new(Mutex::new(IoApic::new(IOAPIC_ID, pins)));
     let serial = Arc::new(Mutex::new(SerialDevice::new(
@@ -314,16 +336,21 @@ pub fn build(
                 AMDVI_SIZE,
                 Arc::new(Mutex::new(AmdMmio::new(iommu, router))),
             )?,
-            IommuKind::Intel | IommuKind::None => mmio.insert(
-                VTD_ADDR,
-                VTD_SIZE,
-                Arc::new(Mutex::new(VtdMmio::new(iommu, router))),
-            )?,
+            IommuKind::Intel | IommuKind::None => {
+                let mut window = VtdMmio::new(iommu, router);
+                if let Some(s) = &shadows {
+                    window = window.with_shadows(s.clone());
+                }
+                mmio.insert(VTD_ADDR, VTD_SIZE, Arc::new(Mutex::new(window)))?
+            }
         }
     }
 
     let mapper = Arc::new(BarMapper::new(vm.clone(), first_slot, PciWindow::MMIO32));
     let mut passthrough = Passthrough::new(PassthroughEvents::new(ioapic.clone(), mapper.clone()));
+    if let Some(s) = shadows {
+        passthrough.set_dma_shadows(s);
+    }
     let mut root = PciRoot::new();
     root.set_listener(mapper.clone());
     if config.iommu == IommuKind::Amd {
@@ -339,6 +366,7 @@ pub fn build(
             intx: &intx,
             virtio: &mut virtio,
             vm: &vm,
+            dma,
         },
         &config.devices,
         opened,

@@ -8,17 +8,27 @@
 //! * Register writes return [`IommuEffects`]: which cached translations to re-translate
 //!   ([`Covers`]: IRTE index ranges for VT-d, device IDs for AMD-Vi, or all) and the unit's
 //!   own interrupts.
+//! * [`Iommu::dma_access`] translates one page of an emulated device's DMA (VT-d DMA
+//!   remapping; identity for AMD-Vi, whose model does not translate DMA), recording the
+//!   fault; [`dma::IommuDma`] is that as the devices' [`devices::dma::DmaTranslator`].
+//! * [`shadow`] keeps passed-through devices' host DMA mappings equal to the guest's VT-d
+//!   mappings, batched per invalidation.
 //! * [`mmio`] is the register window on the MMIO bus; [`amd`] the PCI function an AMD-Vi
 //!   unit is to the guest.
 
 pub mod amd;
+pub mod dma;
 pub mod mmio;
+pub mod shadow;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use virtual_iommu::amd::{self as amdvi, AmdFault, AmdViConfig, AmdViUnit, Invalidation};
+use virtual_iommu::vtd::dma::walk::{self, LeafScan, Table};
+use virtual_iommu::vtd::dma::IDENTITY_BLOCK;
 use virtual_iommu::vtd::Fault as VtdFault;
+use virtual_iommu::{DeviceView, DmaFault, DmaInvalidation, DmaMapping, DmaRequest};
 use virtual_iommu::{
     Effects, GuestMemoryReader, IecInvalidation, MemError, MsiMessage, SourceId, Translation,
     VtdConfig, VtdUnit,
@@ -210,6 +220,23 @@ impl From<amdvi::Effects> for IommuEffects {
     }
 }
 
+/// What a register write asks of passed-through devices' DMA shadows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DmaEffects {
+    /// Translation was enabled or disabled, or the root table latched: every device's
+    /// view must be re-read.
+    pub state_changed: bool,
+    /// Context-cache and IOTLB invalidations, in order.
+    pub invalidations: Vec<DmaInvalidation>,
+}
+
+impl DmaEffects {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        !self.state_changed && self.invalidations.is_empty()
+    }
+}
+
 /// How the guest has set interrupt remapping up (for logs and tests).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemapMode {
@@ -387,10 +414,79 @@ impl Iommu {
         }
     }
 
-    fn mmio_write(&self, offset: u64, data: &[u8]) -> IommuEffects {
+    fn mmio_write(&self, offset: u64, data: &[u8]) -> (IommuEffects, DmaEffects) {
         match &mut *self.unit() {
-            Unit::Vtd(u) => u.mmio_write(&self.mem, offset, data).into(),
-            Unit::Amd(u) => u.mmio_write(&self.mem, offset, data).into(),
+            Unit::Vtd(u) => {
+                let mut e = u.mmio_write(&self.mem, offset, data);
+                let dma = DmaEffects {
+                    state_changed: e.dma_state_changed,
+                    invalidations: std::mem::take(&mut e.dma),
+                };
+                (e.into(), dma)
+            }
+            Unit::Amd(u) => (
+                u.mmio_write(&self.mem, offset, data).into(),
+                DmaEffects::default(),
+            ),
+        }
+    }
+
+    /// Translates the page of `req` (VT-d: through the IOTLB and the guest's tables;
+    /// AMD-Vi: identity, its model does not translate DMA), recording the fault when there
+    /// is one. The effects hold the fault event to send.
+    pub fn dma_access(&self, req: DmaRequest) -> (Result<DmaMapping, DmaFault>, IommuEffects) {
+        match &mut *self.unit() {
+            Unit::Vtd(u) => {
+                let (r, e) = u.dma_access(&self.mem, req);
+                (r, e.into())
+            }
+            Unit::Amd(_) => {
+                let base = req.iova & !(IDENTITY_BLOCK - 1);
+                let identity = DmaMapping {
+                    iova: base,
+                    gpa: base,
+                    size: IDENTITY_BLOCK,
+                    read: true,
+                    write: true,
+                    domain: None,
+                };
+                (Ok(identity), IommuEffects::default())
+            }
+        }
+    }
+
+    /// How `sid`'s DMA is translated now, from the guest's tables (AMD-Vi: untranslated).
+    pub fn dma_view(&self, sid: SourceId) -> DeviceView {
+        match &*self.unit() {
+            Unit::Vtd(u) => u.dma_view(&self.mem, sid),
+            Unit::Amd(_) => DeviceView::Untranslated,
+        }
+    }
+
+    /// The leaves of `table` overlapping `[start, end)`, visiting at most `*budget`
+    /// tables. Reads guest memory only (the unit is not locked).
+    pub fn dma_leaves(&self, table: &Table, start: u64, end: u64, budget: &mut usize) -> LeafScan {
+        walk::leaves(&self.mem, table, start, end, budget)
+    }
+
+    /// True while the guest has DMA translation enabled (VT-d GSTS.TES).
+    pub fn translation_enabled(&self) -> bool {
+        match &*self.unit() {
+            Unit::Vtd(u) => u.translation_enabled(),
+            Unit::Amd(_) => false,
+        }
+    }
+
+    /// VT-d context-cache and IOTLB hit/miss counts (zeros for AMD-Vi).
+    pub fn dma_cache_stats(
+        &self,
+    ) -> (
+        virtual_iommu::vtd::dma::cache::CacheStats,
+        virtual_iommu::vtd::dma::cache::CacheStats,
+    ) {
+        match &*self.unit() {
+            Unit::Vtd(u) => u.dma_cache_stats(),
+            Unit::Amd(_) => Default::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Device passthrough in the VM: opening the devices the user named (before any KVM
 //! object exists, so a bad `--device` starts nothing), then giving each its vectors (irqfd
 //! sources of the router), its INTx pin, DMA access to guest RAM, a place on PCI bus 0 and
-//! its BAR areas as memory slots.
+//! its BAR areas as memory slots. Under VT-d its DMA mappings then follow the guest's DMA
+//! remapping ([`crate::iommu::shadow`]).
 
 pub mod events;
 pub mod slots;
@@ -23,6 +24,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::acpi::IntxRoute;
 use crate::interrupt::{DeviceVectors, InterruptRouter, IrqfdMode, VectorOwner};
+use crate::iommu::shadow::{DmaShadows, DmaTarget};
 use crate::vm::Error;
 use events::PassthroughEvents;
 use slots::{BarMapper, SlotArea};
@@ -166,6 +168,24 @@ impl VectorOwner for Owner {
     }
 }
 
+/// A function's DMA mappings as a shadow target.
+struct FunctionDma(Weak<Mutex<VfioPciFunction>>);
+
+impl DmaTarget for FunctionDma {
+    fn map(&self, region: &DmaRegion, read: bool, write: bool) -> Result<(), String> {
+        let f = self.0.upgrade().ok_or("device gone")?;
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        f.dma_map_with(region, read, write)
+            .map_err(|e| e.to_string())
+    }
+
+    fn unmap(&self, iova: u64, size: u64) -> Result<(), String> {
+        let f = self.0.upgrade().ok_or("device gone")?;
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        f.dma_unmap(iova, size).map_err(|e| e.to_string())
+    }
+}
+
 /// One attached device.
 struct Attached {
     name: String,
@@ -179,6 +199,7 @@ struct Attached {
 pub struct Passthrough {
     devices: Vec<Attached>,
     events: Arc<PassthroughEvents>,
+    shadows: Option<Arc<DmaShadows>>,
 }
 
 /// What attaching needs from the platform.
@@ -221,7 +242,14 @@ impl Passthrough {
         Passthrough {
             devices: Vec::new(),
             events,
+            shadows: None,
         }
+    }
+
+    /// Devices attached from now on have their DMA mappings follow the guest's VT-d DMA
+    /// remapping through `shadows`.
+    pub fn set_dma_shadows(&mut self, shadows: Arc<DmaShadows>) {
+        self.shadows = Some(shadows);
     }
 
     /// Attaches `opened` at `address` on bus 0.
@@ -253,6 +281,9 @@ impl Passthrough {
         let hangup = function.hangup_fd();
         let function = Arc::new(Mutex::new(function));
         let sid = address.source_id();
+        if let Some(shadows) = &self.shadows {
+            shadows.add(&name, sid, Arc::new(FunctionDma(Arc::downgrade(&function))));
+        }
         let mut owners: Vec<Arc<dyn VectorOwner>> = Vec::new();
         let mut vectors = |kind: VectorKind, count: u16, direct: Option<DirectTable>| {
             if count == 0 {
@@ -342,8 +373,20 @@ impl Passthrough {
         &self.events
     }
 
-    /// Logs, per device, its trapped BAR accesses by page (what relocation saves).
+    /// Logs, per device, its trapped BAR accesses by page (what relocation saves), and
+    /// what shadowing the guest's DMA remapping cost.
     pub fn report(&self) {
+        if let Some(s) = self.shadows.as_ref().filter(|s| !s.is_empty()) {
+            let st = s.stats();
+            log::info!(
+                "passthrough DMA shadowing: {} batches, {} maps, {} unmaps, {} failed, {} whole-table walks",
+                st.batches,
+                st.maps,
+                st.unmaps,
+                st.failures,
+                st.full_walks
+            );
+        }
         for d in &self.devices {
             let f = d.function.lock().unwrap_or_else(|p| p.into_inner());
             let traps: Vec<String> = f
