@@ -1,8 +1,11 @@
 //! QEMU's `edu` test device (1234:11e8, `docs/specs/edu.rst`) and irvmm's MSI-X variant
 //! (1234:11e9): finding it on bus 0, checking its registers answer, and making it interrupt.
 //!
-//! Only the interrupt registers are used: writing the raise register makes the device send
-//! its MSI (one message per write), the MSI-X variant's register 0x68 sends MSI-X vector N.
+//! The interrupt registers: writing the raise register makes the device send its MSI (one
+//! message per write), the MSI-X variant's register 0x68 sends MSI-X vector N. The DMA
+//! engine ([`Edu::dma`]): source, destination, count, command (start, direction, interrupt
+//! 0x100 when done), copying between guest memory (I/O virtual addresses, through the
+//! platform's IOMMU) and a 4 KiB buffer at device address 0x40000.
 //! A device sends nothing unless Bus Master Enable is set, which [`Edu::open`] (and so
 //! [`Edu::find`]) does.
 
@@ -38,6 +41,30 @@ const REG_MSIX_RAISE: u64 = 0x68;
 const ID_MAGIC: u32 = 0xed;
 /// Mask of the identification register's magic byte.
 const ID_MAGIC_MASK: u32 = 0xff;
+/// DMA source, destination, count and command registers (64-bit).
+const REG_DMA_SRC: u64 = 0x80;
+const REG_DMA_DST: u64 = 0x88;
+const REG_DMA_COUNT: u64 = 0x90;
+const REG_DMA_CMD: u64 = 0x98;
+/// DMA command bits: start (clears when done), direction (set: buffer -> memory),
+/// interrupt when done.
+const DMA_CMD_START: u64 = 1 << 0;
+const DMA_CMD_TO_MEMORY: u64 = 1 << 1;
+const DMA_CMD_IRQ: u64 = 1 << 2;
+/// The interrupt status bit a finished DMA raises.
+pub const DMA_IRQ: u32 = 0x100;
+/// Device address of the DMA buffer (4 KiB).
+pub const DMA_BUFFER: u64 = 0x4_0000;
+
+/// Which way an edu DMA copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaDirection {
+    /// Guest memory (at an I/O virtual address) into the device buffer.
+    ToDevice,
+    /// The device buffer into guest memory.
+    ToMemory,
+}
+
 /// Value written to the liveness register to check that BAR 0 reaches the device.
 const LIVENESS_PATTERN: u32 = 0x5a5a_0f0f;
 
@@ -120,5 +147,56 @@ impl Edu {
     /// MSI-X variant: sends MSI-X vector `vector`.
     pub fn trigger_msix(&self, vector: u16) {
         self.regs.write32(REG_MSIX_RAISE, u32::from(vector));
+    }
+
+    /// Starts a DMA of `count` bytes between I/O virtual address `iova` and the device
+    /// buffer at `offset`, raising [`DMA_IRQ`] when done if `irq`; returns at once (see
+    /// [`Edu::dma_busy`]). irvmm finishes during the command write, QEMU 100 ms later.
+    pub fn start_dma(&self, direction: DmaDirection, iova: u64, offset: u64, count: u64, irq: bool) {
+        let buffer = DMA_BUFFER + offset;
+        let (src, dst, dir) = match direction {
+            DmaDirection::ToDevice => (iova, buffer, 0),
+            DmaDirection::ToMemory => (buffer, iova, DMA_CMD_TO_MEMORY),
+        };
+        self.regs.write64(REG_DMA_SRC, src);
+        self.regs.write64(REG_DMA_DST, dst);
+        self.regs.write64(REG_DMA_COUNT, count);
+        let irq = if irq { DMA_CMD_IRQ } else { 0 };
+        self.regs.write64(REG_DMA_CMD, DMA_CMD_START | dir | irq);
+    }
+
+    /// True while the last DMA is still running.
+    pub fn dma_busy(&self) -> bool {
+        self.regs.read64(REG_DMA_CMD) & DMA_CMD_START != 0
+    }
+
+    /// Runs a DMA (see [`Edu::start_dma`]) and waits until it is done, at most
+    /// `timeout_ns`; fails on the time-out. A DMA the IOMMU refused is done too: it moved
+    /// nothing.
+    pub fn dma(
+        &self,
+        clock: &crate::clock::Clock,
+        direction: DmaDirection,
+        iova: u64,
+        offset: u64,
+        count: u64,
+        timeout_ns: u64,
+    ) -> Result<(), Text> {
+        self.start_dma(direction, iova, offset, count, false);
+        let deadline = clock.now_ns() + timeout_ns;
+        while self.dma_busy() {
+            if clock.now_ns() >= deadline {
+                return Err(text!(
+                    "{} DMA {:?} at IOVA 0x{:x} ({} bytes) still running after {} ms",
+                    self.function,
+                    direction,
+                    iova,
+                    count,
+                    timeout_ns / 1_000_000
+                ));
+            }
+            crate::x86::pause();
+        }
+        Ok(())
     }
 }

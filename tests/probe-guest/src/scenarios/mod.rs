@@ -35,6 +35,12 @@ mod amd_ioapic;
 mod amd_many;
 mod bench_stats;
 mod boot;
+mod dma_basic;
+mod dma_bench;
+mod dma_common;
+mod dma_faults;
+mod dma_inval;
+mod dma_superpage;
 mod fault;
 mod hostile;
 mod idle;
@@ -58,6 +64,7 @@ mod vfio_bench_mmio;
 mod vfio_common;
 mod vfio_die;
 mod vfio_dma;
+mod vfio_dma_remap;
 mod vfio_extdest;
 mod vfio_intx;
 mod vfio_mask;
@@ -208,6 +215,36 @@ pub static ALL: &[Scenario] = &[
         name: "vfio-dma",
         summary: "passthrough DMA guest -> device -> guest with patterns; unmapped guest addresses fail and copy nothing",
         run: vfio_dma::run,
+    },
+    Scenario {
+        name: "vfio-dma-remap",
+        summary: "passthrough DMA under VT-d DMA remapping: only guest-mapped IOVAs reach memory, with their permissions; TE off restores all of RAM",
+        run: vfio_dma_remap::run,
+    },
+    Scenario {
+        name: "dma-basic",
+        summary: "edu DMA both ways through a 4-level VT-d table into remapped pages",
+        run: dma_basic::run,
+    },
+    Scenario {
+        name: "dma-faults",
+        summary: "refused edu DMAs record faults 5/6/5/4/2 with a fault event and move nothing; FPD suppresses",
+        run: dma_faults::run,
+    },
+    Scenario {
+        name: "dma-inval",
+        summary: "a remapped page reaches edu's DMA after its page-selective IOTLB invalidation (old or new before, never a third page)",
+        run: dma_inval::run,
+    },
+    Scenario {
+        name: "dma-superpage",
+        summary: "edu DMA through 2 MiB and 1 GiB VT-d pages",
+        run: dma_superpage::run,
+    },
+    Scenario {
+        name: "dma-bench",
+        summary: "edu DMA throughput: 4 KiB mappings, a 2 MiB mapping, translation off (probe.iters=K)",
+        run: dma_bench::run,
     },
     Scenario {
         name: "vfio-intx",

@@ -48,6 +48,19 @@ pub const FR_COMPATIBILITY_BLOCKED: u8 = 0x25;
 /// Fault reason 0x26: source-id check failed.
 pub const FR_SID_MISMATCH: u8 = 0x26;
 
+/// DMA fault reason 0x2: context entry not present.
+pub const FR_DMA_CONTEXT_NOT_PRESENT: u8 = 0x2;
+/// DMA fault reason 0x4: address beyond the address width.
+pub const FR_DMA_BEYOND_WIDTH: u8 = 0x4;
+/// DMA fault reason 0x5: no write permission (or not present, for a write).
+pub const FR_DMA_WRITE: u8 = 0x5;
+/// DMA fault reason 0x6: no read permission (or not present, for a read).
+pub const FR_DMA_READ: u8 = 0x6;
+/// High qword bit 62: T, the faulting DMA was a read.
+const FRCD_T_READ: u64 = 1 << 62;
+/// Low qword bits 63:12: the faulting page of a DMA fault.
+const FRCD_FI_MASK: u64 = !0xfff;
+
 /// FSTS bit 0: primary fault overflow (write 1 to clear).
 pub const FSTS_PFO: u32 = 1 << 0;
 /// FSTS bit 1: primary pending fault (some record has F set).
@@ -98,6 +111,16 @@ impl FaultRecord {
     /// Interrupt index of an interrupt-remapping fault.
     pub fn ir_index(&self) -> u16 {
         (self.low >> FRCD_IR_INDEX_SHIFT) as u16
+    }
+
+    /// The faulting page of a DMA fault.
+    pub fn dma_address(&self) -> u64 {
+        self.low & FRCD_FI_MASK
+    }
+
+    /// True when the faulting DMA was a read (FRCD.T).
+    pub fn dma_read(&self) -> bool {
+        self.high & FRCD_T_READ != 0
     }
 }
 

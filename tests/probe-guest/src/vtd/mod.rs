@@ -13,6 +13,7 @@
 //! entry until it is invalidated. The queue ([`qi`]), the entry format ([`irte`]) and fault
 //! logging ([`fault`]) live in submodules. The probe drives one unit, from the BSP only.
 
+pub mod dma;
 pub mod fault;
 pub mod irte;
 pub mod posted;
@@ -247,6 +248,12 @@ impl Vtd {
     /// `mask_log2`; `index` must be aligned to it), then waits for the unit to confirm.
     pub fn invalidate_entries(&mut self, index: u32, mask_log2: u32) -> Result<(), Text> {
         let desc = qi::iec_index(index, mask_log2)?;
+        self.queue_and_wait(desc)
+    }
+
+    /// Submits `desc` (any descriptor) and a wait descriptor with a status write, and
+    /// polls the status.
+    pub(crate) fn submit(&mut self, desc: qi::Descriptor) -> Result<(), Text> {
         self.queue_and_wait(desc)
     }
 

@@ -198,3 +198,50 @@ pub(crate) fn iec_index(index: u32, mask_log2: u32) -> Result<Descriptor, Text> 
         | (u64::from(index) << IEC_IIDX_SHIFT);
     Ok((low, 0))
 }
+
+/// Descriptor type 0x1: context-cache invalidation.
+const TYPE_CONTEXT_CACHE: u64 = 0x1;
+/// Descriptor type 0x2: IOTLB invalidation.
+const TYPE_IOTLB: u64 = 0x2;
+/// Granularity (bits 5:4): global.
+pub(crate) const GRANULARITY_GLOBAL: u64 = 1;
+/// Granularity: domain-selective.
+pub(crate) const GRANULARITY_DOMAIN: u64 = 2;
+/// Granularity: device-selective (context cache) or page-selective (IOTLB).
+pub(crate) const GRANULARITY_SELECTIVE: u64 = 3;
+/// Shift of the granularity.
+const GRANULARITY_SHIFT: u32 = 4;
+/// Shift of the domain ID (31:16).
+const DID_SHIFT: u32 = 16;
+/// Context cache: shift of the source ID (47:32).
+const CC_SID_SHIFT: u32 = 32;
+/// IOTLB: DR and DW (7:6), drain reads and writes (Linux sets them when CAP.DRD/DWD).
+const IOTLB_DRAIN: u64 = 0b11 << 6;
+/// IOTLB high qword: address mask (5:0).
+const IOTLB_AM_MASK: u64 = 0x3f;
+
+/// A context-cache invalidation of `granularity` (global, domain `did`, or device `sid`
+/// with function mask 0).
+pub(crate) fn context_cache(granularity: u64, did: u16, sid: u16) -> Descriptor {
+    (
+        TYPE_CONTEXT_CACHE
+            | (granularity << GRANULARITY_SHIFT)
+            | (u64::from(did) << DID_SHIFT)
+            | (u64::from(sid) << CC_SID_SHIFT),
+        0,
+    )
+}
+
+/// An IOTLB invalidation of `granularity` (global, domain `did`, or 2^`am` pages at
+/// `iova` in `did`), with read and write draining.
+pub(crate) fn iotlb(granularity: u64, did: u16, iova: u64, am: u8) -> Descriptor {
+    let high = if granularity == GRANULARITY_SELECTIVE {
+        (iova & !0xfff) | (u64::from(am) & IOTLB_AM_MASK)
+    } else {
+        0
+    };
+    (
+        TYPE_IOTLB | (granularity << GRANULARITY_SHIFT) | (u64::from(did) << DID_SHIFT) | IOTLB_DRAIN,
+        high,
+    )
+}
