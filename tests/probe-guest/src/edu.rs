@@ -152,7 +152,14 @@ impl Edu {
     /// Starts a DMA of `count` bytes between I/O virtual address `iova` and the device
     /// buffer at `offset`, raising [`DMA_IRQ`] when done if `irq`; returns at once (see
     /// [`Edu::dma_busy`]). irvmm finishes during the command write, QEMU 100 ms later.
-    pub fn start_dma(&self, direction: DmaDirection, iova: u64, offset: u64, count: u64, irq: bool) {
+    pub fn start_dma(
+        &self,
+        direction: DmaDirection,
+        iova: u64,
+        offset: u64,
+        count: u64,
+        irq: bool,
+    ) {
         let buffer = DMA_BUFFER + offset;
         let (src, dst, dir) = match direction {
             DmaDirection::ToDevice => (iova, buffer, 0),

@@ -49,7 +49,14 @@ pub fn run(ctx: &Context) -> Outcome {
     rig.map(src_iova, source, PAGE_4K, SL_READ)?;
     rig.map(dst_iova, target, PAGE_4K, SL_READ | SL_WRITE)?;
     let clock = rig.clock();
-    edu.dma(&clock, DmaDirection::ToDevice, src_iova, 0, DMA_BYTES, DMA_TIMEOUT_NS)?;
+    edu.dma(
+        &clock,
+        DmaDirection::ToDevice,
+        src_iova,
+        0,
+        DMA_BYTES,
+        DMA_TIMEOUT_NS,
+    )?;
     edu.ack(DMA_IRQ);
     edu.start_dma(DmaDirection::ToMemory, dst_iova, 0, DMA_BYTES, true);
     let deadline = clock.now_ns() + DMA_TIMEOUT_NS;
@@ -76,7 +83,14 @@ pub fn run(ctx: &Context) -> Outcome {
         rig.roots.pass_through(rig.sid, DOMAIN_ID)?;
         rig.vtd.flush_context_device(DOMAIN_ID, rig.sid)?;
         rig.vtd.flush_iotlb_domain(DOMAIN_ID)?;
-        edu.dma(&clock, DmaDirection::ToMemory, page, 0, DMA_BYTES, DMA_TIMEOUT_NS)?;
+        edu.dma(
+            &clock,
+            DmaDirection::ToMemory,
+            page,
+            0,
+            DMA_BYTES,
+            DMA_TIMEOUT_NS,
+        )?;
         dma_common::expect_pattern("page reached through the pass-through context", page, SEED)?;
         "ok"
     } else {

@@ -40,12 +40,26 @@ struct Rate {
 fn run_mode(rig: &Rig, edu: &Edu, base: u64, iters: u32, bytes: u64) -> Result<Rate, Text> {
     let clock = rig.clock();
     for p in 0..PAGES {
-        edu.dma(&clock, DmaDirection::ToMemory, base + p * PAGE_4K, 0, bytes, DMA_TIMEOUT_NS)?;
+        edu.dma(
+            &clock,
+            DmaDirection::ToMemory,
+            base + p * PAGE_4K,
+            0,
+            bytes,
+            DMA_TIMEOUT_NS,
+        )?;
     }
     let start = clock.now_ns();
     for i in 0..u64::from(iters) {
         let iova = base + (i % PAGES) * PAGE_4K;
-        edu.dma(&clock, DmaDirection::ToMemory, iova, 0, bytes, DMA_TIMEOUT_NS)?;
+        edu.dma(
+            &clock,
+            DmaDirection::ToMemory,
+            iova,
+            0,
+            bytes,
+            DMA_TIMEOUT_NS,
+        )?;
     }
     let ns = clock.now_ns().saturating_sub(start).max(1);
     let total = u64::from(iters) * bytes;
@@ -62,7 +76,11 @@ pub fn run(ctx: &Context) -> Outcome {
     if iters == 0 || iters > MAX_ITERS {
         return Err(text!("probe.iters={} outside 1..={}", iters, MAX_ITERS));
     }
-    let bytes = u64::from(pvh::cmdline_u32(ctx.cmdline, "probe.bytes", DMA_BYTES as u32)?);
+    let bytes = u64::from(pvh::cmdline_u32(
+        ctx.cmdline,
+        "probe.bytes",
+        DMA_BYTES as u32,
+    )?);
     if bytes == 0 || bytes > PAGE_4K {
         return Err(text!("probe.bytes={} outside 1..={}", bytes, PAGE_4K));
     }
@@ -70,7 +88,12 @@ pub fn run(ctx: &Context) -> Outcome {
     let mut rig = bring_up(ctx, "dma-bench", edu.function)?;
     let region = rig.arena.raw(PAGE_2M, PAGE_2M)?;
     for p in 0..PAGES {
-        rig.map(IOVA_4K + p * PAGE_4K, region + p * PAGE_4K, PAGE_4K, SL_READ | SL_WRITE)?;
+        rig.map(
+            IOVA_4K + p * PAGE_4K,
+            region + p * PAGE_4K,
+            PAGE_4K,
+            SL_READ | SL_WRITE,
+        )?;
     }
     rig.map(IOVA_2M, region, PAGE_2M, SL_READ | SL_WRITE)?;
     let r4k = run_mode(&rig, &edu, IOVA_4K, iters, bytes)?;
@@ -78,7 +101,14 @@ pub fn run(ctx: &Context) -> Outcome {
     rig.vtd.disable_translation()?;
     let off = run_mode(&rig, &edu, region, iters, bytes)?;
     irq::stop_tick();
-    let show = |r: &Rate| (r.mbps_tenths / 10, r.mbps_tenths % 10, r.ns_per_dma / 1000, (r.ns_per_dma % 1000) / 100);
+    let show = |r: &Rate| {
+        (
+            r.mbps_tenths / 10,
+            r.mbps_tenths % 10,
+            r.ns_per_dma / 1000,
+            (r.ns_per_dma % 1000) / 100,
+        )
+    };
     let (a, b, c, d) = show(&r4k);
     let (e, f, g, h) = show(&r2m);
     let (i, j, k, l) = show(&off);

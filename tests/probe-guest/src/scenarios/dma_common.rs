@@ -84,7 +84,10 @@ pub fn bring_up(ctx: &Context, name: &str, function: crate::pci::Function) -> Re
     })?;
     vtd.route_fault_events(EVENT_VECTOR, smp.bsp_id);
     if vtd.fsts() & (FSTS_PPF | FSTS_PFO) != 0 {
-        return Err(text!("faults pending before the test: FSTS 0x{:x}", vtd.fsts()));
+        return Err(text!(
+            "faults pending before the test: FSTS 0x{:x}",
+            vtd.fsts()
+        ));
     }
     let mut arena = Arena::claim(ram_end, ARENA_BYTES)?;
     let roots = RootTable::new(&mut arena)?;
@@ -223,11 +226,16 @@ impl Rig {
             ),
             None => sprintln!("{}: events={} FSTS=0x{:x} records=0", what, events, fsts),
         }
-        let r = first.ok_or_else(|| text!("{}: no fault record (reason 0x{:x} expected)", what, reason))?;
+        let r = first
+            .ok_or_else(|| text!("{}: no fault record (reason 0x{:x} expected)", what, reason))?;
         if n != 1 {
             return Err(text!("{}: {} fault records, expected 1", what, n));
         }
-        if r.reason() != reason || r.sid() != self.sid || r.dma_address() != iova & !0xfff || r.dma_read() != read {
+        if r.reason() != reason
+            || r.sid() != self.sid
+            || r.dma_address() != iova & !0xfff
+            || r.dma_read() != read
+        {
             return Err(text!(
                 "{}: record reason 0x{:x} sid 0x{:04x} address 0x{:x} read={}, expected 0x{:x} 0x{:04x} 0x{:x} read={}",
                 what,
@@ -245,10 +253,18 @@ impl Rig {
             return Err(text!("{}: FSTS 0x{:x} without PPF", what, fsts));
         }
         if events != 1 || EVENT.hits(self.smp.bsp_id) != EVENT.total() {
-            return Err(text!("{}: {} fault events, expected 1 on the BSP", what, events));
+            return Err(text!(
+                "{}: {} fault events, expected 1 on the BSP",
+                what,
+                events
+            ));
         }
         if self.vtd.fsts() & (FSTS_PPF | FSTS_PFO) != 0 {
-            return Err(text!("{}: FSTS 0x{:x} after clearing the record", what, self.vtd.fsts()));
+            return Err(text!(
+                "{}: FSTS 0x{:x} after clearing the record",
+                what,
+                self.vtd.fsts()
+            ));
         }
         Ok(())
     }
@@ -265,7 +281,12 @@ impl Rig {
         let events = EVENT.total() - events0;
         sprintln!("{}: events={} records={}", what, events, n);
         if n != 0 || events != 0 {
-            return Err(text!("{}: {} records and {} events, expected none", what, n, events));
+            return Err(text!(
+                "{}: {} records and {} events, expected none",
+                what,
+                n,
+                events
+            ));
         }
         Ok(())
     }

@@ -52,7 +52,8 @@ impl Faults<'_> {
     /// Runs one DMA that must fault with `reason` at `iova`.
     fn refused(&self, what: &str, dir: DmaDirection, iova: u64, reason: u8) -> Result<(), Text> {
         let events0 = EVENT.total();
-        self.edu.dma(&self.rig.clock(), dir, iova, 0, DMA_BYTES, DMA_TIMEOUT_NS)?;
+        self.edu
+            .dma(&self.rig.clock(), dir, iova, 0, DMA_BYTES, DMA_TIMEOUT_NS)?;
         self.rig
             .expect_fault(what, events0, reason, iova, dir == DmaDirection::ToDevice)
     }
@@ -103,26 +104,52 @@ pub fn run(ctx: &Context) -> Outcome {
         DMA_TIMEOUT_NS,
     )?;
 
-    f.refused("not present, write", DmaDirection::ToMemory, sentinel, FR_DMA_WRITE)?;
+    f.refused(
+        "not present, write",
+        DmaDirection::ToMemory,
+        sentinel,
+        FR_DMA_WRITE,
+    )?;
     if !dma_common::holds_value(sentinel, SENTINEL) {
-        return Err(text!("the refused write changed the page at its IOVA's physical address"));
+        return Err(text!(
+            "the refused write changed the page at its IOVA's physical address"
+        ));
     }
-    f.refused("not present, read", DmaDirection::ToDevice, other, FR_DMA_READ)?;
+    f.refused(
+        "not present, read",
+        DmaDirection::ToDevice,
+        other,
+        FR_DMA_READ,
+    )?;
     let buffer = f.buffer()?;
     if dma_common::holds(buffer, SEED_OTHER) {
-        return Err(text!("the refused read brought the unmapped page into the device"));
+        return Err(text!(
+            "the refused read brought the unmapped page into the device"
+        ));
     }
     if irvmm {
         dma_common::expect_pattern("device buffer after the refused read", buffer, SEED_BUFFER)?;
     }
-    f.refused("read-only", DmaDirection::ToMemory, IOVA_READ_ONLY, FR_DMA_WRITE)?;
+    f.refused(
+        "read-only",
+        DmaDirection::ToMemory,
+        IOVA_READ_ONLY,
+        FR_DMA_WRITE,
+    )?;
     if !dma_common::holds_value(read_only, SENTINEL) {
         return Err(text!("the refused write changed the read-only page"));
     }
-    f.refused("beyond the width", DmaDirection::ToMemory, beyond, FR_DMA_BEYOND_WIDTH)?;
+    f.refused(
+        "beyond the width",
+        DmaDirection::ToMemory,
+        beyond,
+        FR_DMA_BEYOND_WIDTH,
+    )?;
     // Context not present.
     f.rig.roots.clear(f.rig.sid, false)?;
-    f.rig.vtd.flush_context_device(dma_common::DOMAIN_ID, f.rig.sid)?;
+    f.rig
+        .vtd
+        .flush_context_device(dma_common::DOMAIN_ID, f.rig.sid)?;
     f.rig.vtd.flush_iotlb_domain(dma_common::DOMAIN_ID)?;
     f.refused(
         "context not present",
@@ -143,7 +170,12 @@ pub fn run(ctx: &Context) -> Outcome {
     )?;
     f.rig.expect_no_fault("FPD set", events0, FPD_WATCH_NS)?;
     f.rig.set_fpd(false)?;
-    f.refused("FPD clear again", DmaDirection::ToMemory, sentinel, FR_DMA_WRITE)?;
+    f.refused(
+        "FPD clear again",
+        DmaDirection::ToMemory,
+        sentinel,
+        FR_DMA_WRITE,
+    )?;
     if !dma_common::holds_value(sentinel, SENTINEL) {
         return Err(text!("a refused write changed the sentinel page"));
     }

@@ -31,8 +31,22 @@ const SENTINEL: u32 = 0x2222_2222;
 fn send(rig: &Rig, edu: &Edu, source: u64, seed: u64) -> Result<(), Text> {
     dma_common::fill(source, seed);
     let clock = rig.clock();
-    edu.dma(&clock, DmaDirection::ToDevice, IOVA_SOURCE, 0, DMA_BYTES, DMA_TIMEOUT_NS)?;
-    edu.dma(&clock, DmaDirection::ToMemory, IOVA_P, 0, DMA_BYTES, DMA_TIMEOUT_NS)
+    edu.dma(
+        &clock,
+        DmaDirection::ToDevice,
+        IOVA_SOURCE,
+        0,
+        DMA_BYTES,
+        DMA_TIMEOUT_NS,
+    )?;
+    edu.dma(
+        &clock,
+        DmaDirection::ToMemory,
+        IOVA_P,
+        0,
+        DMA_BYTES,
+        DMA_TIMEOUT_NS,
+    )
 }
 
 /// Runs the scenario.
@@ -51,7 +65,10 @@ pub fn run(ctx: &Context) -> Outcome {
     rig.domain
         .map(&mut rig.arena, IOVA_P, y, PAGE_4K, SL_READ | SL_WRITE)?;
     send(&rig, &edu, source, SEEDS[1])?;
-    let (in_x, in_y) = (dma_common::holds(x, SEEDS[1]), dma_common::holds(y, SEEDS[1]));
+    let (in_x, in_y) = (
+        dma_common::holds(x, SEEDS[1]),
+        dma_common::holds(y, SEEDS[1]),
+    );
     let before = match (in_x, in_y) {
         (true, false) => "old",
         (false, true) => "new",
@@ -63,12 +80,17 @@ pub fn run(ctx: &Context) -> Outcome {
             ))
         }
     };
-    sprintln!("dma-inval: without invalidation the DMA used the {} page", before);
+    sprintln!(
+        "dma-inval: without invalidation the DMA used the {} page",
+        before
+    );
     if !dma_common::holds_value(z, SENTINEL) {
         return Err(text!("a third page changed"));
     }
     if rig.irvmm() && before != "old" {
-        return Err(text!("irvmm's IOTLB must keep the old translation until invalidated"));
+        return Err(text!(
+            "irvmm's IOTLB must keep the old translation until invalidated"
+        ));
     }
     let x_before = if in_x { SEEDS[1] } else { SEEDS[0] };
 

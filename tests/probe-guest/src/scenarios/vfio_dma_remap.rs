@@ -73,7 +73,9 @@ pub fn run(ctx: &Context) -> Outcome {
     let dev = Testdev::find()?;
     let mut rig = bring_up(ctx, "vfio-dma-remap", dev.function)?;
     if !rig.caps.caching_mode {
-        return Err(text!("the unit does not report caching mode (CAP.CM), which shadowing needs"));
+        return Err(text!(
+            "the unit does not report caching mode (CAP.CM), which shadowing needs"
+        ));
     }
     let (source, target, probe_page) = (rig.page()?, rig.page()?, rig.page()?);
     dma_common::fill(source, SEED_SOURCE);
@@ -84,7 +86,13 @@ pub fn run(ctx: &Context) -> Outcome {
     }
 
     // 1. Nothing mapped.
-    transfer(&dev, &rig, "nothing mapped", to_guest(probe_page), DMA_FAILED)?;
+    transfer(
+        &dev,
+        &rig,
+        "nothing mapped",
+        to_guest(probe_page),
+        DMA_FAILED,
+    )?;
     if !dma_common::holds_value(probe_page, SENTINEL) {
         return Err(text!("the refused DMA changed memory"));
     }
@@ -97,7 +105,13 @@ pub fn run(ctx: &Context) -> Outcome {
         direction: Direction::ToDevice,
         vector: None,
     };
-    transfer(&dev, &rig, "read-only page to the device", to_device, DMA_OK)?;
+    transfer(
+        &dev,
+        &rig,
+        "read-only page to the device",
+        to_device,
+        DMA_OK,
+    )?;
     for (i, want) in dma_common::pattern(SEED_SOURCE).enumerate() {
         let got = dev.read(testdev::BUFFER + AREA_IN + 4 * i as u64);
         if got != want {
@@ -109,22 +123,46 @@ pub fn run(ctx: &Context) -> Outcome {
             ));
         }
     }
-    transfer(&dev, &rig, "write to the read-only page", to_guest(IOVA_SOURCE), DMA_FAILED)?;
+    transfer(
+        &dev,
+        &rig,
+        "write to the read-only page",
+        to_guest(IOVA_SOURCE),
+        DMA_FAILED,
+    )?;
     dma_common::expect_pattern("read-only page", source, SEED_SOURCE)?;
     // 3. Read-write target.
     rig.map(IOVA_TARGET, target, PAGE_4K, SL_READ | SL_WRITE)?;
-    transfer(&dev, &rig, "into the mapped page", to_guest(IOVA_TARGET), DMA_OK)?;
+    transfer(
+        &dev,
+        &rig,
+        "into the mapped page",
+        to_guest(IOVA_TARGET),
+        DMA_OK,
+    )?;
     dma_common::expect_pattern("target page", target, SEED_DEVICE)?;
     // 4. Unmapped again.
     dma_common::fill_with(target, SENTINEL);
     rig.unmap(IOVA_TARGET, PAGE_4K)?;
-    transfer(&dev, &rig, "into the unmapped page", to_guest(IOVA_TARGET), DMA_FAILED)?;
+    transfer(
+        &dev,
+        &rig,
+        "into the unmapped page",
+        to_guest(IOVA_TARGET),
+        DMA_FAILED,
+    )?;
     if !dma_common::holds_value(target, SENTINEL) {
         return Err(text!("a DMA after the unmap changed the page"));
     }
     // 5. Translation off: identity.
     rig.vtd.disable_translation()?;
-    transfer(&dev, &rig, "translation off, identity", to_guest(target), DMA_OK)?;
+    transfer(
+        &dev,
+        &rig,
+        "translation off, identity",
+        to_guest(target),
+        DMA_OK,
+    )?;
     dma_common::expect_pattern("target page with translation off", target, SEED_DEVICE)?;
     irq::stop_tick();
     Ok(text!(

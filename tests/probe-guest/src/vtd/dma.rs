@@ -222,7 +222,11 @@ impl Domain {
             let v = read64(e);
             table = if v & (SL_READ | SL_WRITE) != 0 {
                 if v & SL_PAGE_SIZE != 0 {
-                    return Err(text!("IOVA 0x{:x}: a superpage is mapped above level {}", iova, level));
+                    return Err(text!(
+                        "IOVA 0x{:x}: a superpage is mapped above level {}",
+                        iova,
+                        level
+                    ));
                 }
                 v & SL_ADDR
             } else {
@@ -246,7 +250,12 @@ impl Domain {
         perms: u64,
     ) -> Result<u64, Text> {
         if iova % size != 0 || gpa % size != 0 {
-            return Err(text!("map 0x{:x} -> 0x{:x}: not aligned to 0x{:x}", iova, gpa, size));
+            return Err(text!(
+                "map 0x{:x} -> 0x{:x}: not aligned to 0x{:x}",
+                iova,
+                gpa,
+                size
+            ));
         }
         let level = level_of(size)?;
         let slot = self.slot(arena, iova, level)?;

@@ -241,7 +241,10 @@ pub(crate) fn iotlb(granularity: u64, did: u16, iova: u64, am: u8) -> Descriptor
         0
     };
     (
-        TYPE_IOTLB | (granularity << GRANULARITY_SHIFT) | (u64::from(did) << DID_SHIFT) | IOTLB_DRAIN,
+        TYPE_IOTLB
+            | (granularity << GRANULARITY_SHIFT)
+            | (u64::from(did) << DID_SHIFT)
+            | IOTLB_DRAIN,
         high,
     )
 }
