@@ -191,11 +191,7 @@ fn linux_288_vcpus_enable_interrupt_remapping_in_x2apic_mode() {
     // translation." (what it printed while CAP.SAGAW was 0). Linux enables translation
     // itself only in intel_iommu_init, after this KVM's int3 stop ("DMAR: Intel(R)
     // Virtualization Technology for Directed I/O": the user-space test checks it).
-    assert!(
-        !run.saw("Not attempting DMA translation"),
-        "{}",
-        run.dump()
-    );
+    assert!(!run.saw("Not attempting DMA translation"), "{}", run.dump());
     let cap = dmar0_cap(&run).unwrap_or_else(|| panic!("no dmar0 line\n{}", run.dump()));
     assert_ne!((cap >> 8) & 0x1f, 0, "CAP {cap:#x}: SAGAW 0");
     assert_ne!(cap & (1 << 7), 0, "CAP {cap:#x}: caching mode off");

@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::{
-    asset, assert_probe_pass, kvm_available, run_probe, run_probe_cmdline, skip, TestDevice,
+    assert_probe_pass, asset, kvm_available, run_probe, run_probe_cmdline, skip, TestDevice,
 };
 
 const PLATFORM: [&str; 8] = [
@@ -42,11 +42,7 @@ fn dma_basic_both_directions_through_a_4_level_table() {
 
 #[test]
 fn dma_faults_record_every_reason_and_fpd_suppresses() {
-    dma(
-        "dma_faults",
-        "dma-faults",
-        &["reasons=5,6,5,4,2", "fpd=ok"],
-    );
+    dma("dma_faults", "dma-faults", &["reasons=5,6,5,4,2", "fpd=ok"]);
 }
 
 #[test]
@@ -210,13 +206,22 @@ fn qemu_dma_basic() {
     qemu_pass(
         "qemu_dma_basic",
         "dma-basic",
-        &["levels=4", "to_device=ok", "to_memory=ok", "pass_through=ok"],
+        &[
+            "levels=4",
+            "to_device=ok",
+            "to_memory=ok",
+            "pass_through=ok",
+        ],
     );
 }
 
 #[test]
 fn qemu_dma_faults() {
-    qemu_pass("qemu_dma_faults", "dma-faults", &["reasons=5,6,5,4,2", "fpd=ok"]);
+    qemu_pass(
+        "qemu_dma_faults",
+        "dma-faults",
+        &["reasons=5,6,5,4,2", "fpd=ok"],
+    );
 }
 
 #[test]
