@@ -25,6 +25,7 @@ fi
 
 targets="${FUZZ_TARGETS:-vtd_mmio remap_decode ioapic_mmio pci_config kernel_load vfio_user_client vfio_function amd_mmio}"
 [ -n "${FUZZ_TARGETS:-}" ] || targets="$targets vtd_posting"
+[ -n "${FUZZ_TARGETS:-}" ] || targets="$targets vtd_dma"
 [ -n "${FUZZ_TARGETS:-}" ] || targets="$targets virtio_queue virtio_pci_config"
 jobs="${FUZZ_JOBS:-1}"
 read -r -a build_flags <<<"${FUZZ_BUILD_FLAGS:---release --debug-assertions}"

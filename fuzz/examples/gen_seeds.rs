@@ -953,4 +953,8 @@ fn main() {
         irvmm_fuzz::vtd_posting::run(&bytes);
         write_seed(&corpus.join("vtd_posting"), name, &bytes);
     }
+    for (name, bytes) in irvmm_fuzz::vtd_dma::seeds() {
+        irvmm_fuzz::vtd_dma::run(&bytes);
+        write_seed(&corpus.join("vtd_dma"), name, &bytes);
+    }
 }
