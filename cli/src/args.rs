@@ -1,10 +1,14 @@
 //! Command-line grammar and value parsers.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use vmm::passthrough::{MsixPolicy, PassthroughConfig, PassthroughSource};
-use vmm::{ApicMode, DeviceConfig, IommuKind, PciDeviceKind, SerialMode, Topology};
+use vmm::{
+    ApicMode, DeviceConfig, IommuKind, PciDeviceKind, PvPanicConfig, ResetAction, SerialMode,
+    Topology,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -17,9 +21,19 @@ Examples:
   irvmm --kernel vmlinux --device vfio,path=/sys/bus/pci/devices/0000:01:00.0 --iommu intel --cpus 8
   irvmm --kernel target/guests/probe.elf --cmdline probe=vfio-basic --device vfio-user,socket=/tmp/dev.sock
 
-Exit status: the guest's debug-exit status (port 0x501), 0 on ACPI power-off or reset,
-120 when the guest crashes (triple fault, KVM internal error), 121 on a VMM failure,
-2 for bad command-line input. Set RUST_LOG=debug for details.";
+Exit status:
+  0        ACPI power-off (or KVM's shutdown event)
+  v        the byte v the guest wrote to the debug-exit port 0x501
+  2        bad command-line input (nothing was started)
+  120      the guest crashed (triple fault, KVM internal error): reason on stderr
+  121      VMM failure
+  122      the guest reset the machine (--on-reset exit)
+  123      the guest panicked (pvpanic PANICKED event)
+  124      --timeout expired (the VM was stopped cleanly)
+  125      Ctrl-a x typed on the console (--serial stdio)
+  128+n    stopped cleanly on signal n: 129 SIGHUP, 130 SIGINT, 143 SIGTERM
+Console (--serial stdio): a terminal is put in raw mode; Ctrl-a x quits, Ctrl-a h helps,
+Ctrl-a Ctrl-a sends Ctrl-a. Set RUST_LOG=debug for details.";
 
 /// irvmm: a KVM virtual machine monitor for x86-64 with interrupt remapping done right at scale.
 #[derive(Debug, Parser)]
@@ -113,6 +127,27 @@ pub struct Args {
     /// KVM device node.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     pub kvm_device: PathBuf,
+
+    /// What a guest reset does: exit (status 122) or restart (the VM is built again from
+    /// scratch and the guest boots anew; not with passed-through devices).
+    #[arg(long, value_name = "exit|restart", default_value = "exit", value_parser = parse_on_reset)]
+    pub on_reset: ResetAction,
+
+    /// Stop the VM after SECONDS (decimals allowed), restarts included: exit status 124.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+
+    /// pvpanic devices: isa (QEMU's ISA device at port 0x505, ACPI ID QEMU0001), pci (QEMU's
+    /// PCI function 1b36:0011, placed after the --device list), both (isa,pci) or off. A
+    /// guest panic reported through one exits with status 123.
+    #[arg(long, value_name = "isa|pci|isa,pci|off", default_value = "isa", value_parser = parse_pvpanic)]
+    pub pvpanic: PvPanicConfig,
+
+    /// KVM halt polling for this VM: how long (ns) a halted vCPU's thread spins waiting for
+    /// an interrupt before it sleeps (KVM_CAP_HALT_POLL); 0 turns it off. Default: the host
+    /// kernel's halt_poll_ns.
+    #[arg(long, value_name = "NS")]
+    pub halt_poll_ns: Option<u32>,
 }
 
 /// Parses `N[,sockets=S,cores=C,threads=T]`; omitted parts default so the product is N.
@@ -311,6 +346,51 @@ pub fn parse_console(s: &str) -> Result<vmm::ConsoleMode, String> {
     }
 }
 
+/// Parses `exit` or `restart`.
+pub fn parse_on_reset(s: &str) -> Result<ResetAction, String> {
+    match s {
+        "exit" => Ok(ResetAction::Exit),
+        "restart" => Ok(ResetAction::Restart),
+        _ => Err(format!("'{s}' is not exit or restart")),
+    }
+}
+
+/// Longest `--timeout` (about 31 years): keeps deadline arithmetic far from overflow.
+const MAX_TIMEOUT_SECONDS: f64 = 1e9;
+
+/// Parses a positive number of seconds, decimals allowed.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds (use e.g. 30 or 2.5)"))?;
+    if !(secs > 0.0 && secs <= MAX_TIMEOUT_SECONDS) {
+        return Err(format!(
+            "'{s}' must be more than 0 and at most {MAX_TIMEOUT_SECONDS} seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `off` or a comma-separated list of `isa` and `pci`.
+pub fn parse_pvpanic(s: &str) -> Result<PvPanicConfig, String> {
+    let mut c = PvPanicConfig {
+        isa: false,
+        pci: false,
+    };
+    if s == "off" {
+        return Ok(c);
+    }
+    for part in s.split(',') {
+        match part {
+            "isa" => c.isa = true,
+            "pci" => c.pci = true,
+            _ => return Err(format!("'{part}' is not isa, pci or off")),
+        }
+    }
+    Ok(c)
+}
+
 /// Parses `on` or `off`.
 pub fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
@@ -428,6 +508,46 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn on_reset_timeout_and_pvpanic() {
+        let a = Args::try_parse_from(["irvmm", "--kernel", "k"]).unwrap();
+        assert_eq!(a.on_reset, ResetAction::Exit);
+        assert_eq!(a.timeout, None);
+        assert_eq!(a.pvpanic, PvPanicConfig::default());
+        assert!(a.pvpanic.isa && !a.pvpanic.pci);
+        assert_eq!(a.halt_poll_ns, None);
+        assert_eq!(parse_on_reset("restart"), Ok(ResetAction::Restart));
+        assert!(parse_on_reset("reboot").is_err());
+        assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_timeout(" 30"), Ok(Duration::from_secs(30)));
+        for bad in ["0", "-1", "x", "", "nan", "inf", "1e10"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_pvpanic("isa,pci"),
+            Ok(PvPanicConfig {
+                isa: true,
+                pci: true
+            })
+        );
+        assert_eq!(
+            parse_pvpanic("pci"),
+            Ok(PvPanicConfig {
+                isa: false,
+                pci: true
+            })
+        );
+        assert_eq!(
+            parse_pvpanic("off"),
+            Ok(PvPanicConfig {
+                isa: false,
+                pci: false
+            })
+        );
+        assert!(parse_pvpanic("isa,off").is_err());
+        assert!(parse_pvpanic("").is_err());
     }
 
     #[test]

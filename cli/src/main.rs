@@ -16,6 +16,56 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_GUEST_CRASH: u8 = 120;
 /// Exit status when the VMM itself failed.
 const EXIT_VMM_ERROR: u8 = 121;
+/// Exit status when the guest reset the machine (`--on-reset exit`).
+const EXIT_GUEST_RESET: u8 = 122;
+/// Exit status when the guest reported a panic through pvpanic.
+const EXIT_GUEST_PANIC: u8 = 123;
+/// Exit status when `--timeout` expired (the VM was stopped cleanly).
+const EXIT_TIMEOUT: u8 = 124;
+/// Exit status when the user typed `Ctrl-a x` on the console.
+const EXIT_USER_QUIT: u8 = 125;
+/// Exit status base for a stop on a signal: 128 + the signal number, as shells report.
+const EXIT_SIGNAL_BASE: u8 = 128;
+
+/// 128 + `signal`, as shells report a death by that signal.
+fn signal_status(signal: i32) -> ExitCode {
+    ExitCode::from(
+        u8::try_from(signal)
+            .ok()
+            .and_then(|n| EXIT_SIGNAL_BASE.checked_add(n))
+            .unwrap_or(EXIT_VMM_ERROR),
+    )
+}
+
+/// The exit status for `outcome`, with one line on stderr saying why unless the guest
+/// chose it (power-off, debug exit) or the user did (`Ctrl-a x`).
+fn outcome_status(outcome: VmOutcome) -> ExitCode {
+    match outcome {
+        VmOutcome::DebugExit(v) => ExitCode::from(v),
+        VmOutcome::PowerOff => ExitCode::SUCCESS,
+        VmOutcome::Reset => {
+            eprintln!("irvmm: the guest reset the machine");
+            ExitCode::from(EXIT_GUEST_RESET)
+        }
+        VmOutcome::Panic => {
+            eprintln!("irvmm: the guest panicked (pvpanic)");
+            ExitCode::from(EXIT_GUEST_PANIC)
+        }
+        VmOutcome::Timeout => {
+            eprintln!("irvmm: --timeout expired; the VM was stopped");
+            ExitCode::from(EXIT_TIMEOUT)
+        }
+        VmOutcome::UserQuit => ExitCode::from(EXIT_USER_QUIT),
+        VmOutcome::Signal(n) => {
+            eprintln!("irvmm: stopped on signal {n}");
+            signal_status(n)
+        }
+        VmOutcome::Crash(reason) => {
+            eprintln!("irvmm: guest stopped: {reason}");
+            ExitCode::from(EXIT_GUEST_CRASH)
+        }
+    }
+}
 
 /// Prints a one-line error and returns the usage exit status.
 fn usage_error(line: &str) -> ExitCode {
@@ -66,14 +116,13 @@ fn main() -> ExitCode {
         disks: args.disks,
         console: args.console,
         rng: args.rng,
+        pvpanic: args.pvpanic,
+        on_reset: args.on_reset,
+        timeout: args.timeout,
+        halt_poll_ns: args.halt_poll_ns,
     };
     match vmm::run(&config) {
-        Ok(VmOutcome::DebugExit(v)) => ExitCode::from(v),
-        Ok(VmOutcome::PowerOff) | Ok(VmOutcome::Reset) => ExitCode::SUCCESS,
-        Ok(VmOutcome::Crash(reason)) => {
-            eprintln!("irvmm: guest stopped: {reason}");
-            ExitCode::from(EXIT_GUEST_CRASH)
-        }
+        Ok(outcome) => outcome_status(outcome),
         Err(e) if e.is_usage() => usage_error(&e.to_string()),
         Err(e) => {
             eprintln!("irvmm: error: {e}");

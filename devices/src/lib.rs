@@ -10,12 +10,14 @@ pub mod dma;
 pub mod ioapic;
 pub mod legacy;
 pub mod pci;
+pub mod pvpanic;
 pub mod serial;
 #[cfg(test)]
 mod test_utils;
 
 pub use ioapic::{IoApic, IoApicSink, RedirectionEntry};
 pub use legacy::{AcpiPmControl, DebugExit, ResetControl};
+pub use pvpanic::{PvPanic, PvPanicIsa};
 pub use serial::{IoApicPinTrigger, SerialDevice, SerialError, TriggerError};
 
 /// A device reachable through a guest bus (port I/O or MMIO).
@@ -37,8 +39,10 @@ pub enum ExitRequest {
     DebugExit(u8),
     /// ACPI S5 (soft power-off).
     PowerOff,
-    /// Platform reset (0xcf9, ACPI reset register); irvmm treats reset as exit.
+    /// Platform reset (0xcf9, ACPI reset register); the VMM exits or restarts the guest.
     Reset,
+    /// The guest reported a panic through the pvpanic device (its PANICKED event).
+    Panic,
 }
 
 /// Receives a device's request to end the VM. Implemented by the VMM.

@@ -16,7 +16,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use log::{debug, warn};
-use vm_superio::serial::{Error as UartError, SerialEvents};
+use vm_superio::serial::Error as UartError;
+/// vm-superio's UART event callbacks, re-exported for [`SerialDevice::with_events`] users.
+pub use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 
 use crate::ioapic::IoApic;

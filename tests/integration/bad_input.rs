@@ -344,3 +344,36 @@ fn memory_at_the_minimum_is_accepted_and_below_refused() {
         );
     }
 }
+
+#[test]
+fn bad_lifecycle_flags() {
+    let k = some_kernel();
+    refused(&["--kernel", s(&k), "--on-reset", "reboot"], "--on-reset");
+    refused(&["--kernel", s(&k), "--timeout", "0"], "--timeout");
+    refused(&["--kernel", s(&k), "--timeout", "soon"], "--timeout");
+    refused(&["--kernel", s(&k), "--pvpanic", "usb"], "--pvpanic");
+}
+
+#[test]
+fn restart_with_passthrough_is_refused_before_the_device_is_opened() {
+    if let Err(why) = kvm_available() {
+        return skip(
+            "restart_with_passthrough_is_refused_before_the_device_is_opened",
+            &why,
+        );
+    }
+    let k = some_kernel();
+    // The socket does not exist: the --on-reset check comes first, so it is never opened.
+    let l = refused(
+        &[
+            "--kernel",
+            s(&k),
+            "--on-reset",
+            "restart",
+            "--device",
+            "vfio-user,socket=/nonexistent/irvmm-test.sock",
+        ],
+        "--on-reset",
+    );
+    assert!(l.contains("passed-through"), "{l}");
+}

@@ -88,13 +88,16 @@ fn acpi_poweroff_exits_zero() {
     assert_probe_pass(&run, "poweroff", &[]);
 }
 
+/// A guest reset is not a clean power-off: irvmm exits 122 (`--on-reset exit`, the default).
 #[test]
-fn reset_exits_zero() {
+fn reset_exits_122() {
     let run = match run_probe("reset", &[]) {
         Ok(r) => r,
-        Err(why) => return skip("reset_exits_zero", &why),
+        Err(why) => return skip("reset_exits_122", &why),
     };
-    assert_probe_pass(&run, "reset", &[]);
+    let last = run.lines.last().cloned().unwrap_or_default();
+    assert_eq!(last, "PROBE PASS reset requesting reset", "{}", run.dump());
+    assert_eq!(run.code(), Some(122), "exit status\n{}", run.dump());
 }
 
 #[test]

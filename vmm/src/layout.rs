@@ -107,6 +107,10 @@ pub const ACPI_PM_PORT_COUNT: u64 = 2;
 pub const RESET_PORT: u16 = 0xcf9;
 /// Value the FADT tells the guest to write to the reset register.
 pub const RESET_VALUE: u8 = 0x06;
+/// QEMU's ISA pvpanic device (`-device pvpanic`, default `ioport`).
+pub const PVPANIC_PORT: u16 = 0x505;
+/// Number of ports of the pvpanic device.
+pub const PVPANIC_PORT_COUNT: u64 = 1;
 
 /// PCI configuration mechanism #1: address register.
 pub const PCI_CONFIG_ADDRESS_PORT: u64 = 0xcf8;

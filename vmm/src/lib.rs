@@ -1,12 +1,14 @@
 //! irvmm's VM lifecycle: KVM VM and vCPUs, guest memory, boot, ACPI, interrupt routes,
 //! buses and device wiring.
 //!
-//! The entry point is [`run`]: it checks a [`VmConfig`], builds the VM and runs it until
-//! the guest stops, returning a [`VmOutcome`].
+//! The entry point is [`run`]: it checks a [`VmConfig`], builds the [`Vm`] and runs it until
+//! the guest stops (again after each reset with `--on-reset restart`), returning a
+//! [`VmOutcome`].
 
 pub mod acpi;
 pub mod boot;
 pub mod bus;
+pub mod console;
 pub mod cpuid;
 pub mod interrupt;
 pub mod iommu;
@@ -23,6 +25,8 @@ pub use topology::{Topology, TopologyError};
 
 /// The `--disk` configuration (from the virtio crate).
 pub use ::virtio::block as virtio_disk;
-pub use vcpu::VmOutcome;
 pub use virtio::ConsoleMode;
-pub use vm::{run, ApicMode, DeviceConfig, Error, IommuKind, PciDeviceKind, SerialMode, VmConfig};
+pub use vm::{
+    run, ApicMode, DeviceConfig, Error, IommuKind, PciDeviceKind, PvPanicConfig, ResetAction,
+    SerialMode, Vm, VmConfig, VmOutcome,
+};

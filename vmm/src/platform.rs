@@ -14,12 +14,13 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, Weak};
 
+use devices::pci::PvPanicPci;
 use devices::pci::{
     BarSpace, EduDevice, PciAddress, PciBarWindow, PciConfigAddressPort, PciConfigDataPort,
     PciEcam, PciRoot, PciWindow, SharedPciFunction,
 };
-use devices::serial::{IoApicPinTrigger, SerialDevice};
-use devices::{AcpiPmControl, DebugExit, IoApic, ResetControl, VmExitHandler};
+use devices::serial::{IoApicPinTrigger, SerialDevice, SerialEvents};
+use devices::{AcpiPmControl, DebugExit, IoApic, PvPanicIsa, ResetControl, VmExitHandler};
 use kvm_ioctls::VmFd;
 use virtual_iommu::amd::pci::ADDRESS_BITS as AMDVI_ADDRESS_BITS;
 use virtual_iommu::amd::{AmdViConfig, AmdViUnit};
@@ -173,6 +174,7 @@ fn add_pci_devices(
     setup: PciSetup<'_>,
     devices: &[DeviceConfig],
     opened: Vec<Opened>,
+    pvpanic: Option<Arc<dyn VmExitHandler>>,
 ) -> Result<(), Error> {
     let mut opened = opened.into_iter();
     for (index, device) in devices.iter().enumerate() {
@@ -229,11 +231,40 @@ fn add_pci_devices(
         root.add_function(address, function).map_err(pci_error)?;
         log::info!("PCI {address}: {kind:?}");
     }
+    // The PCI pvpanic function (when asked for) comes right after the --device list,
+    // then the virtio devices.
+    let mut next = devices.len();
+    if let Some(handler) = pvpanic {
+        add_pvpanic_pci(root, next, handler)?;
+        next += 1;
+    }
     setup
         .virtio
-        .attach(root, setup.router, setup.vm, setup.mem, devices.len())?;
+        .attach(root, setup.router, setup.vm, setup.mem, next)?;
     root.assign_bars(PciWindow::MMIO32, Some(PciWindow::IO))
         .map_err(pci_error)?;
+    Ok(())
+}
+
+/// Places the PCI pvpanic function at the `index`-th bus-0 device number (the one after the
+/// `--device` list).
+fn add_pvpanic_pci(
+    root: &mut PciRoot,
+    index: usize,
+    handler: Arc<dyn VmExitHandler>,
+) -> Result<(), Error> {
+    let dev = crate::passthrough::device_number(index).ok_or_else(|| {
+        Error::usage(
+            "--pvpanic",
+            "no free PCI device slot on bus 0 for the pvpanic function (use fewer --device)",
+        )
+    })?;
+    let address = PciAddress::new(0, dev, 0).map_err(pci_error)?;
+    let function: SharedPciFunction = Arc::new(Mutex::new(
+        PvPanicPci::new(handler, format!("PCI {address}")).map_err(pci_error)?,
+    ));
+    root.add_function(address, function).map_err(pci_error)?;
+    log::info!("PCI {address}: pvpanic");
     Ok(())
 }
 
@@ -258,7 +289,8 @@ fn host_posting(opened: &[Opened]) -> HostPosting {
     }
 }
 
-/// Builds every device and both buses.
+/// Builds every device and both buses. `serial_events`, when given, hears COM1's UART
+/// events (the console waits for its receive FIFO to drain).
 pub fn build(
     vm: Arc<VmFd>,
     mem: &GuestMemoryMmap,
@@ -266,6 +298,7 @@ pub fn build(
     output: Box<dyn Write + Send>,
     handler: Arc<dyn VmExitHandler>,
     passthrough_plan: PassthroughPlan,
+    serial_events: Option<Arc<dyn SerialEvents + Send + Sync>>,
 ) -> Result<Platform, Error> {
     let PassthroughPlan {
         opened,
@@ -304,10 +337,11 @@ pub fn build(
     };
     let pins = Arc::new(IoApicPins::new(router.clone()));
     let ioapic = Arc::new(Mutex::new(IoApic::new(IOAPIC_ID, pins)));
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        output,
-        IoApicPinTrigger::new(ioapic.clone(), usize::from(COM1_IRQ)),
-    )));
+    let trigger = IoApicPinTrigger::new(ioapic.clone(), usize::from(COM1_IRQ));
+    let serial = Arc::new(Mutex::new(match serial_events {
+        Some(events) => SerialDevice::with_events(output, trigger, events),
+        None => SerialDevice::new(output, trigger),
+    }));
 
     let mut pio = Bus::new("pio");
     let mut mmio = Bus::new("mmio");
@@ -325,8 +359,15 @@ pub fn build(
     pio.insert(
         u64::from(RESET_PORT),
         1,
-        Arc::new(Mutex::new(ResetControl::new(handler))),
+        Arc::new(Mutex::new(ResetControl::new(handler.clone()))),
     )?;
+    if config.pvpanic.isa {
+        pio.insert(
+            u64::from(PVPANIC_PORT),
+            PVPANIC_PORT_COUNT,
+            Arc::new(Mutex::new(PvPanicIsa::new(handler.clone()))),
+        )?;
+    }
     mmio.insert(IOAPIC_ADDR, IOAPIC_SIZE, ioapic.clone())?;
     if let Some(iommu) = iommu {
         let router = Arc::downgrade(&router);
@@ -370,6 +411,7 @@ pub fn build(
         },
         &config.devices,
         opened,
+        config.pvpanic.pci.then(|| handler.clone()),
     )?;
     let root = Arc::new(Mutex::new(root));
     let address_port = PciConfigAddressPort::new();

@@ -12,6 +12,7 @@
 //!   mechanism #1 on ports 0xcf8/0xcfc, ECAM, BAR decoding windows for the MMIO and PIO
 //!   buses, and [`PciRoot::assign_bars`], the firmware's job of placing BARs.
 //! * [`edu`]: QEMU's `edu` test device (MSI) and an MSI-X variant with 256 vectors.
+//! * [`pvpanic`]: QEMU's PCI pvpanic function (1b36:0011).
 //!
 //! # Interrupts: routes and deliveries
 //!
@@ -50,6 +51,7 @@ pub mod config;
 pub mod edu;
 pub mod msi;
 pub mod msix;
+pub mod pvpanic;
 #[cfg(test)]
 mod testing;
 
@@ -67,6 +69,7 @@ pub use config::{BarKind, BarRegion, BarSpace, ConfigWriteEffect, PciConfigSpace
 pub use edu::EduDevice;
 pub use msi::MsiCapability;
 pub use msix::{MsixCapability, MsixLayout};
+pub use pvpanic::PvPanicPci;
 
 /// Number of device numbers on a PCI bus.
 pub const PCI_DEVICES_PER_BUS: u8 = 32;

@@ -13,6 +13,9 @@
 //!   32-bit MMIO window, and whose `_PRT` routes passed-through devices' INTx pins to
 //!   IOAPIC inputs 16..23; and `MRES` (`PNP0C02`), which reserves the ECAM window so an OS
 //!   trusts the MCFG.
+//! - Under `\_SB`, when the platform has the ISA pvpanic device: `PEVT` (`_HID "QEMU0001"`,
+//!   as QEMU names it) whose `_CRS` is its one I/O port: Linux's `pvpanic-mmio` driver binds
+//!   that ACPI ID and takes the first I/O or memory resource as its register.
 
 use super::aml::{Aml, AmlString, Device, EisaId, Name, Package, ResourceTemplate, Scope};
 use super::resources::{dword_memory, memory32_fixed, word_bus_number, word_io};
@@ -161,6 +164,26 @@ fn pci_devices(pci: &PciHostConfig) -> Result<Vec<Box<dyn Aml>>, AcpiError> {
     Ok(vec![Box::new(host), Box::new(reservation)])
 }
 
+/// ACPI ID of QEMU's ISA pvpanic device.
+const PVPANIC_HID: &str = "QEMU0001";
+/// The pvpanic device decodes one port.
+const PVPANIC_PORT_LEN: u8 = 1;
+/// Alignment field of its IO descriptor.
+const PVPANIC_PORT_ALIGN: u8 = 1;
+
+/// `Device(PEVT){Name(_HID, "QEMU0001") Name(_CRS, ResourceTemplate(){IO(Decode16, port,
+/// port, 1, 1)})}`.
+fn pvpanic_device(port: u16) -> Result<Device, AcpiError> {
+    let crs = ResourceTemplate::new().io_decode16(port, port, PVPANIC_PORT_ALIGN, PVPANIC_PORT_LEN);
+    Ok(Device::new(
+        "PEVT",
+        vec![
+            Box::new(Name::new("_HID", AmlString::new(PVPANIC_HID)?)?),
+            Box::new(Name::new("_CRS", crs)?),
+        ],
+    )?)
+}
+
 /// Bytes of ECAM per bus: 32 devices x 8 functions x 4 KiB.
 const ECAM_BUS_SHIFT: u32 = 20;
 
@@ -182,6 +205,9 @@ pub fn build(cfg: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
     }
     if let Some(pci) = &cfg.pci {
         sb.extend(pci_devices(pci)?);
+    }
+    if let Some(port) = cfg.pvpanic_port {
+        sb.push(Box::new(pvpanic_device(port)?));
     }
 
     let mut aml = Vec::new();
@@ -231,6 +257,25 @@ mod tests {
             ..AcpiConfig::default()
         };
         assert!(!contains(&build(&no_serial).unwrap(), b"COM1"));
+    }
+
+    #[test]
+    fn pvpanic_device_names_qemu0001_with_its_port() {
+        assert!(!contains(&build(&AcpiConfig::default()).unwrap(), b"PEVT"));
+        let t = build(&AcpiConfig {
+            pvpanic_port: Some(0x505),
+            ..AcpiConfig::default()
+        })
+        .unwrap();
+        assert_eq!(checksum(&t), 0);
+        assert!(contains(&t, b"PEVT"));
+        // Name(_HID, "QEMU0001")
+        assert!(contains(&t, b"\x08_HID\x0dQEMU0001\x00"));
+        // IO(Decode16, 0x0505, 0x0505, 1, 1) then the end tag.
+        assert!(contains(
+            &t,
+            &[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01, 0x79]
+        ));
     }
 
     #[test]

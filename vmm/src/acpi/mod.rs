@@ -141,6 +141,9 @@ pub struct AcpiConfig {
     pub serial: Option<(u16, u8)>,
     /// The PCI host bridge: described in the DSDT, its ECAM window listed in an MCFG.
     pub pci: Option<PciHostConfig>,
+    /// The ISA pvpanic device's I/O port (normally 0x505): described in the DSDT as
+    /// `QEMU0001` with an `IO` resource, which Linux's pvpanic driver binds.
+    pub pvpanic_port: Option<u16>,
     /// The VT-d remapping unit, listed in a DMAR when present.
     pub dmar: Option<dmar::DmarConfig>,
     /// The AMD-Vi unit, listed in an IVRS when present.
@@ -162,6 +165,7 @@ impl Default for AcpiConfig {
             reset_value: 0x06,
             serial: Some((0x3f8, 4)),
             pci: None,
+            pvpanic_port: None,
             dmar: None,
             ivrs: None,
         }

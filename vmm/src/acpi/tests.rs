@@ -491,3 +491,25 @@ fn iasl_disassembles_the_amd_vi_table_set() {
     assert!(madt.contains("I/O Apic ID : 00"), "{madt}");
     iasl_disassemble(&dir.0, "mcfg", table(&t, b"MCFG"));
 }
+
+#[test]
+fn iasl_disassembles_the_pvpanic_device() {
+    if !iasl_available() {
+        return;
+    }
+    let mut c = cfg(4);
+    c.pvpanic_port = Some(0x505);
+    let t = build(&c, BASE, LIMIT).unwrap();
+    check_consistent(&t, BASE, LIMIT);
+    let dir = ScratchDir::new("pvpanic");
+    let dsdt = iasl_disassemble(&dir.0, "dsdt", table(&t, b"DSDT"));
+    let flat: String = dsdt.split_whitespace().collect();
+    for needle in [
+        "Device(PEVT)",
+        "Name(_HID,\"QEMU0001\")",
+        "IO(Decode16,0x0505,//RangeMinimum0x0505,//RangeMaximum0x01,//Alignment0x01,//Length",
+    ] {
+        assert!(flat.contains(needle), "{needle} missing:\n{dsdt}");
+    }
+    iasl_recompile(&dir.0, "dsdt");
+}

@@ -54,7 +54,9 @@ mod ir_ioapic;
 mod ir_many;
 mod platform;
 mod poweroff;
+mod pvpanic;
 mod reset;
+mod serial_in;
 mod smp;
 mod triple_fault;
 mod vfio_amd_ga;
@@ -295,6 +297,21 @@ pub static ALL: &[Scenario] = &[
         name: "idle",
         summary: "every AP started, then all CPUs idle in hlt for probe.seconds=S (0: until the VMM stops it), with an optional probe.tick_us=T tick",
         run: idle::run,
+    },
+    Scenario {
+        name: "pvpanic",
+        summary: "a panic reported through the ISA pvpanic device the DSDT names QEMU0001 (CRASH_LOADED first, which must not stop the VM): the VMM must end the VM",
+        run: pvpanic::run_isa,
+    },
+    Scenario {
+        name: "pvpanic-pci",
+        summary: "a panic reported through the PCI pvpanic function 1b36:0011 (BAR 0): the VMM must end the VM",
+        run: pvpanic::run_pci,
+    },
+    Scenario {
+        name: "serial-in",
+        summary: "reads probe.bytes=N bytes from COM1 (polling LSR.DR) and passes with their FNV-1a hash: the VMM's serial input path",
+        run: serial_in::run,
     },
     Scenario {
         name: "triple-fault",

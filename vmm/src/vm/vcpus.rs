@@ -1,0 +1,172 @@
+//! Creating and configuring the KVM vCPUs before any runs: CPUID, MSRs, the local APIC's
+//! mode and the boot vCPU's registers and LINT pins.
+
+use kvm_bindings::{kvm_cpuid_entry2, kvm_msr_entry, Msrs};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::boot::{self, EntryMode};
+use crate::cpuid;
+use crate::layout::*;
+use crate::topology::Topology;
+use crate::vm::error::cpuid_usage;
+use crate::vm::Error;
+
+/// IA32_APIC_BASE.
+const MSR_IA32_APICBASE: u32 = 0x1b;
+/// IA32_APIC_BASE: this is the bootstrap processor.
+const APICBASE_BSP: u64 = 1 << 8;
+/// IA32_APIC_BASE: x2APIC mode.
+const APICBASE_EXTD: u64 = 1 << 10;
+/// IA32_APIC_BASE: APIC globally enabled.
+const APICBASE_EN: u64 = 1 << 11;
+
+/// The IA32_APIC_BASE value for a vCPU.
+fn apic_base(bsp: bool, x2apic: bool) -> u64 {
+    let mut v = LAPIC_ADDR | APICBASE_EN;
+    if bsp {
+        v |= APICBASE_BSP;
+    }
+    if x2apic {
+        v |= APICBASE_EXTD;
+    }
+    v
+}
+
+/// Boot MSRs: syscall MSRs cleared, fast strings on, MTRRs enabled with write-back default.
+pub(crate) fn boot_msrs(kvm: &Kvm) -> Result<Msrs, Error> {
+    const IA32_SYSENTER_CS: u32 = 0x174;
+    const IA32_SYSENTER_ESP: u32 = 0x175;
+    const IA32_SYSENTER_EIP: u32 = 0x176;
+    const IA32_MISC_ENABLE: u32 = 0x1a0;
+    const IA32_MISC_ENABLE_FAST_STRING: u64 = 1;
+    const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
+    const MTRR_ENABLE: u64 = 1 << 11;
+    const MTRR_TYPE_WB: u64 = 6;
+    const MSR_STAR: u32 = 0xc000_0081;
+    const MSR_LSTAR: u32 = 0xc000_0082;
+    const MSR_CSTAR: u32 = 0xc000_0083;
+    const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+    const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+    let wanted = [
+        (IA32_SYSENTER_CS, 0),
+        (IA32_SYSENTER_ESP, 0),
+        (IA32_SYSENTER_EIP, 0),
+        (MSR_STAR, 0),
+        (MSR_LSTAR, 0),
+        (MSR_CSTAR, 0),
+        (MSR_SYSCALL_MASK, 0),
+        (MSR_KERNEL_GS_BASE, 0),
+        (IA32_MISC_ENABLE, IA32_MISC_ENABLE_FAST_STRING),
+        (IA32_MTRR_DEF_TYPE, MTRR_ENABLE | MTRR_TYPE_WB),
+    ];
+    let offered = kvm
+        .get_msr_index_list()
+        .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?;
+    let entries: Vec<kvm_msr_entry> = wanted
+        .iter()
+        .filter(|(i, _)| offered.as_slice().contains(i))
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(|_| Error::Msrs {
+        set: 0,
+        asked: entries.len(),
+    })
+}
+
+/// LAPIC LVT LINT0 register offset and the ExtINT delivery mode.
+const APIC_LVT_LINT0: usize = 0x350;
+/// LAPIC LVT LINT1 register offset.
+const APIC_LVT_LINT1: usize = 0x360;
+const APIC_DELIVERY_EXTINT: u32 = 0x7 << 8;
+const APIC_DELIVERY_NMI: u32 = 0x4 << 8;
+
+/// Wires LINT0 as ExtINT and LINT1 as NMI on the boot vCPU, as firmware does.
+fn setup_lint(fd: &kvm_ioctls::VcpuFd) -> Result<(), Error> {
+    let mut lapic = fd.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?;
+    for (off, mode) in [
+        (APIC_LVT_LINT0, APIC_DELIVERY_EXTINT),
+        (APIC_LVT_LINT1, APIC_DELIVERY_NMI),
+    ] {
+        let mut b = [0u8; 4];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = lapic.regs[off + i] as u8;
+        }
+        let v = (u32::from_le_bytes(b) & !(0x7 << 8)) | mode;
+        for (i, x) in v.to_le_bytes().iter().enumerate() {
+            lapic.regs[off + i] = *x as _;
+        }
+    }
+    fd.set_lapic(&lapic).map_err(Error::kvm("KVM_SET_LAPIC"))
+}
+
+/// What configuring the vCPUs needs.
+pub(crate) struct VcpuSetup<'a> {
+    /// The VM's CPUID template (per-vCPU leaves are derived from it).
+    pub template: &'a [kvm_cpuid_entry2],
+    /// The topology the APIC IDs come from.
+    pub topology: &'a Topology,
+    /// Boot MSRs for every vCPU.
+    pub msrs: &'a Msrs,
+    /// Whether the local APICs start in x2APIC mode.
+    pub x2apic: bool,
+    /// Guest memory (the boot vCPU's page tables and GDT go there).
+    pub mem: &'a GuestMemoryMmap,
+    /// How the kernel is entered.
+    pub entry: EntryMode,
+}
+
+/// Creates the vCPU with APIC ID `apic_id` (the `index`th; index 0 is the boot vCPU) and
+/// configures it: CPUID, boot MSRs, IA32_APIC_BASE and, on the boot vCPU, the entry
+/// registers, FPU and LINT pins. APs stay in wait-for-SIPI.
+pub(crate) fn create_vcpu(
+    vm: &VmFd,
+    index: usize,
+    apic_id: u32,
+    setup: &VcpuSetup<'_>,
+) -> Result<VcpuFd, Error> {
+    let fd = vm
+        .create_vcpu(u64::from(apic_id))
+        .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+    let cpuid = cpuid::for_vcpu(setup.template, setup.topology, apic_id).map_err(cpuid_usage)?;
+    fd.set_cpuid2(&cpuid)
+        .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+    let msrs = setup.msrs;
+    let set = fd.set_msrs(msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
+    if set != msrs.as_slice().len() {
+        return Err(Error::Msrs {
+            set,
+            asked: msrs.as_slice().len(),
+        });
+    }
+    let bsp = index == 0;
+    let base = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_IA32_APICBASE,
+        data: apic_base(bsp, setup.x2apic),
+        ..Default::default()
+    }])
+    .map_err(|_| Error::Msrs { set: 0, asked: 1 })?;
+    if fd
+        .set_msrs(&base)
+        .map_err(Error::kvm("KVM_SET_MSRS (IA32_APIC_BASE)"))?
+        != 1
+    {
+        return Err(Error::Msrs { set: 0, asked: 1 });
+    }
+    if bsp {
+        let sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        let mut r = boot::regs::setup(setup.mem, setup.entry, sregs).map_err(Error::Boot)?;
+        r.sregs.apic_base = apic_base(true, setup.x2apic);
+        fd.set_sregs(&r.sregs)
+            .map_err(Error::kvm("KVM_SET_SREGS"))?;
+        fd.set_regs(&r.regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+        fd.set_fpu(&boot::regs::boot_fpu())
+            .map_err(Error::kvm("KVM_SET_FPU"))?;
+        setup_lint(&fd)?;
+    }
+    Ok(fd)
+}
