@@ -3,11 +3,12 @@
 //!
 //! Command line: `probe.iters=K` (default [`DEFAULT_ITERS`], at most [`MAX_ITERS`]) DMAs
 //! per mode, each `probe.bytes=B` (default 2048, at most 4096; QEMU 7.2's edu aborts on
-//! 4096, see [`DMA_BYTES`]) device → memory into one of [`PAGES`] consecutive pages in turn
-//! (the cached translations of all of them fit any IOTLB), polled to completion. Modes, in
+//! 4096, see [`DMA_BYTES`]) device → memory into one of min([`PAGES`], K) consecutive
+//! pages in turn (the cached translations of all of them fit any IOTLB), polled to
+//! completion. Modes, in
 //! this order: `4k` (IOVAs mapped page by page), `2m` (the same pages inside one 2 MiB
 //! mapping), `off` (translation disabled: IOVA = guest-physical address). Each mode starts
-//! with one untimed pass over the pages. Reports bytes per second (decimal MB/s to a
+//! with one untimed pass over its pages. Reports bytes per second (decimal MB/s to a
 //! tenth) and microseconds per DMA. The guest's own work is included; compare VMMs on one
 //! host. `PROBE PASS dma-bench iters=K bytes=B mbps_4k=X us_4k=Y mbps_2m=...
 //! mbps_off=...`.
@@ -39,7 +40,8 @@ struct Rate {
 
 fn run_mode(rig: &Rig, edu: &Edu, base: u64, iters: u32, bytes: u64) -> Result<Rate, Text> {
     let clock = rig.clock();
-    for p in 0..PAGES {
+    let pages = PAGES.min(u64::from(iters));
+    for p in 0..pages {
         edu.dma(
             &clock,
             DmaDirection::ToMemory,
@@ -51,7 +53,7 @@ fn run_mode(rig: &Rig, edu: &Edu, base: u64, iters: u32, bytes: u64) -> Result<R
     }
     let start = clock.now_ns();
     for i in 0..u64::from(iters) {
-        let iova = base + (i % PAGES) * PAGE_4K;
+        let iova = base + (i % pages) * PAGE_4K;
         edu.dma(
             &clock,
             DmaDirection::ToMemory,
