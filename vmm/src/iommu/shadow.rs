@@ -551,4 +551,33 @@ mod tests {
         );
         assert_eq!(rig.shadows.stats().full_walks, 2);
     }
+
+    #[test]
+    fn pass_through_context_maps_all_of_ram() {
+        let rig = Rig::new();
+        rig.tables();
+        rig.page(0x1000, 0x10_0000, true);
+        rig.write(RTADDR_REG, ROOT, 8);
+        rig.write(GCMD_REG, u64::from(GCMD_SRTP), 4);
+        rig.write(GCMD_REG, u64::from(GCMD_TE), 4);
+        rig.rec.take();
+        // The guest makes the device's context pass-through and invalidates it.
+        let (lo, hi) = ctx::pass_through(DOMAIN);
+        rig.put(CONTEXT + 16 * u64::from(SID.0 & 0xff), lo);
+        rig.put(CONTEXT + 16 * u64::from(SID.0 & 0xff) + 8, hi);
+        rig.write(
+            CCMD_REG,
+            CCMD_ICC | (GRANULARITY_GLOBAL << CCMD_CIRG_SHIFT),
+            8,
+        );
+        assert_eq!(
+            rig.rec.take(),
+            vec![
+                "unmap 0x1000+0x1000",
+                "map 0x0+0x1000000 host 0x7f0000000000 off 0x10000000 rw"
+            ]
+        );
+        // Page-selective invalidations change nothing for a pass-through device.
+        assert_eq!(rig.psi(0x1000), 0);
+    }
 }
