@@ -20,6 +20,7 @@ Examples:
   irvmm --kernel vmlinux --cmdline \"console=ttyS0 iommu=pt\" --cpus 288 --iommu amd
   irvmm --kernel vmlinux --device vfio,path=/sys/bus/pci/devices/0000:01:00.0 --iommu intel --cpus 8
   irvmm --kernel target/guests/probe.elf --cmdline probe=vfio-basic --device vfio-user,socket=/tmp/dev.sock
+  irvmm --kernel vmlinux --initramfs initramfs.cpio.gz --net tap=tap0,mac=52:54:00:12:34:56,queues=2 --cpus 2
 
 Exit status:
   0        ACPI power-off (or KVM's shutdown event)
@@ -114,6 +115,19 @@ pub struct Args {
         action = clap::ArgAction::Append
     )]
     pub disks: Vec<vmm::virtio_disk::DiskConfig>,
+
+    /// Add a virtio-net device on a tap (repeatable, placed after the disks): tap=NAME is
+    /// opened, or created and set up when it does not exist (both need CAP_NET_ADMIN unless
+    /// the tap belongs to the user); mac=MAC is the guest's address (default: random,
+    /// locally administered); queues=N gives it N queue pairs (1-64; the tap must then be
+    /// multi_queue).
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME[,mac=MAC][,queues=N]",
+        value_parser = parse_net,
+        action = clap::ArgAction::Append
+    )]
+    pub nets: Vec<vmm::virtio_net::NetConfig>,
 
     /// virtio: a virtio console (hvc0) on standard input and output (standard input then
     /// goes to it, not to COM1); off: none.
@@ -337,6 +351,43 @@ pub fn parse_disk(s: &str) -> Result<vmm::virtio_disk::DiskConfig, String> {
     })
 }
 
+/// Parses `tap=NAME[,mac=MAC][,queues=N]`.
+pub fn parse_net(s: &str) -> Result<vmm::virtio_net::NetConfig, String> {
+    let mut tap = None;
+    let (mut mac, mut queues) = (None, 1u16);
+    for p in s.split(',') {
+        match p.split_once('=') {
+            Some(("tap", v)) => {
+                if !vmm::virtio_net::tap::valid_name(v) {
+                    return Err(format!(
+                        "tap={v:?}: not an interface name (1 to 15 bytes, no '/', ':' or whitespace)"
+                    ));
+                }
+                tap = Some(v.to_string());
+            }
+            Some(("mac", v)) => mac = Some(v.parse().map_err(|e| format!("{e}"))?),
+            Some(("queues", v)) => {
+                queues = v
+                    .parse()
+                    .map_err(|_| format!("queues: '{v}' is not a number"))?;
+                if queues == 0 || queues > vmm::virtio_net::MAX_QUEUE_PAIRS {
+                    return Err(format!(
+                        "queues={queues}: a network device has 1 to {} queue pairs",
+                        vmm::virtio_net::MAX_QUEUE_PAIRS
+                    ));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option '{p}' (use tap=NAME, mac=MAC, queues=N)"
+                ))
+            }
+        }
+    }
+    let tap = tap.ok_or("needs tap=NAME (a tap interface, created when missing)")?;
+    Ok(vmm::virtio_net::NetConfig { tap, mac, queues })
+}
+
 /// Parses `virtio` or `off`.
 pub fn parse_console(s: &str) -> Result<vmm::ConsoleMode, String> {
     match s {
@@ -453,6 +504,34 @@ mod tests {
                 .unwrap()
                 .ext_dest_id
         );
+    }
+
+    #[test]
+    fn nets() {
+        let n = parse_net("tap=tap0,mac=52:54:00:12:34:56,queues=4").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(
+            n.mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:12:34:56")
+        );
+        assert_eq!(n.queues, 4);
+        let n = parse_net("tap=t").unwrap();
+        assert_eq!((n.mac, n.queues), (None, 1));
+        for (bad, says) in [
+            ("tap=t,queues=0", "queues=0"),
+            ("tap=t,queues=65", "queues=65"),
+            ("tap=t,queues=x", "queues"),
+            ("tap=t,mac=01:00:5e:00:00:01", "multicast"),
+            ("tap=t,mac=52:54:00:12:34", "mac=52:54:00:12:34"),
+            ("tap=t,mac=00:00:00:00:00:00", "all-zero"),
+            ("mac=52:54:00:12:34:56", "tap=NAME"),
+            ("tap=", "tap=\"\""),
+            ("tap=a/b", "interface name"),
+            ("tap=t,vhost=on", "unknown option"),
+        ] {
+            let e = parse_net(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

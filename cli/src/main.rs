@@ -114,6 +114,7 @@ fn main() -> ExitCode {
         iommu: args.iommu,
         devices: args.devices,
         disks: args.disks,
+        nets: args.nets,
         console: args.console,
         rng: args.rng,
         pvpanic: args.pvpanic,

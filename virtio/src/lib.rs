@@ -14,8 +14,9 @@
 //! * [`worker`]: the I/O thread each device gets: an event-manager loop over the queues'
 //!   notification eventfds (ioeventfds in KVM), the device's own sources (standard input)
 //!   and a control channel for activation and reset. vCPU threads never do device work.
-//! * Devices: [`block`] (virtio-blk on a raw image file), [`console`] (hvc0 on standard
-//!   input/output) and [`rng`] (virtio-rng from the host's `/dev/urandom`).
+//! * Devices: [`block`] (virtio-blk on a raw image file), [`net`] (virtio-net on a tap),
+//!   [`console`] (hvc0 on standard input/output) and [`rng`] (virtio-rng from the host's
+//!   `/dev/urandom`).
 //!
 //! # Where this sits
 //!
@@ -33,6 +34,7 @@
 pub mod block;
 pub mod console;
 pub mod interrupt;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod segments;
@@ -46,9 +48,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use block::{Block, BlockError, DiskConfig};
 pub use console::Console;
+pub use net::{Net, NetConfig, NetError};
 pub use rng::Rng;
 pub use transport::{DeviceSpec, VirtioPciDevice, VirtioPciError};
-pub use worker::{Activation, QueueHandler};
+pub use worker::{Activation, Interest, QueueHandler};
 
 /// Places a queue's notification eventfd at a guest-physical MMIO address (KVM_IOEVENTFD
 /// with no data match in the VMM; a recorder in tests).

@@ -4,7 +4,9 @@
 //! It watches
 //! * each enabled queue's notification eventfd (the VMM's ioeventfd at the queue's notify
 //!   address, so a driver's kick never runs device code on a vCPU thread),
-//! * the device's own sources ([`QueueHandler::sources`], e.g. console input),
+//! * the device's own sources ([`QueueHandler::sources`], e.g. console input or a tap),
+//!   each for what [`QueueHandler::source_interest`] asks (readable, writable, both or, to
+//!   apply backpressure, nothing), re-read after every event the thread handles,
 //! * a control eventfd with a channel: activation (the queues as the driver programmed
 //!   them), reset and stop.
 //!
@@ -47,6 +49,39 @@ pub enum DeviceError {
         /// What virtio-queue said.
         source: virtio_queue::Error,
     },
+}
+
+/// What the I/O thread waits for on one of a device's own sources.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Interest {
+    /// Wake when it is readable.
+    pub read: bool,
+    /// Wake when it is writable.
+    pub write: bool,
+}
+
+impl Interest {
+    /// Not watched (backpressure: the device cannot take what the source has).
+    pub const NONE: Interest = Interest {
+        read: false,
+        write: false,
+    };
+    /// Readable only (the default).
+    pub const READ: Interest = Interest {
+        read: true,
+        write: false,
+    };
+
+    fn event_set(self) -> EventSet {
+        let mut set = EventSet::empty();
+        if self.read {
+            set |= EventSet::IN;
+        }
+        if self.write {
+            set |= EventSet::OUT;
+        }
+        set
+    }
 }
 
 /// The queues of a started device and what handlers need alongside them.
@@ -143,13 +178,22 @@ pub trait QueueHandler: Send + 'static {
     fn process_queue(&mut self, index: usize, active: &mut Activation)
         -> Result<bool, DeviceError>;
 
-    /// File descriptors of the device's own event sources (watched for input).
+    /// File descriptors of the device's own event sources (asked once, when the thread
+    /// starts).
     fn sources(&self) -> Vec<RawFd> {
         Vec::new()
     }
 
-    /// Source `index` of [`QueueHandler::sources`] is readable (`active` is `None` before
-    /// the driver started the device or after an error). Returns false to stop watching it.
+    /// What the thread should wait for on source `index` now; asked again after every
+    /// event it handles, so a device stops watching a source it cannot serve (no guest
+    /// buffers) and watches it again once it can. Default: readable.
+    fn source_interest(&self, _index: usize) -> Interest {
+        Interest::READ
+    }
+
+    /// Source `index` of [`QueueHandler::sources`] is ready for what
+    /// [`QueueHandler::source_interest`] asked (`active` is `None` before the driver
+    /// started the device or after an error). Returns false to stop watching it for good.
     fn process_source(
         &mut self,
         _index: usize,
@@ -169,9 +213,19 @@ enum Command {
     Stop,
 }
 
+/// A device source as the thread watches it.
+struct Source {
+    fd: RawFd,
+    /// What epoll waits for now.
+    watched: Interest,
+    /// Removed for good (the handler said so, or it hung up).
+    gone: bool,
+}
+
 /// The thread's only subscriber.
 struct Subscriber {
     handler: Box<dyn QueueHandler>,
+    sources: Vec<Source>,
     rx: Receiver<Command>,
     control: Arc<EventFd>,
     notifiers: Vec<Arc<EventFd>>,
@@ -271,6 +325,35 @@ impl Subscriber {
             if let Err(e) = ops.remove(Events::empty_raw(events.fd())) {
                 warn!("{}: unwatching source {index}: {e:?}", self.handler.name());
             }
+            if let Some(s) = self.sources.get_mut(index) {
+                s.gone = true;
+                s.watched = Interest::NONE;
+            }
+        }
+    }
+
+    /// Brings epoll in line with what the handler wants of each source.
+    fn sync_sources(&mut self, ops: &mut EventOps) {
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            if s.gone {
+                continue;
+            }
+            let want = self.handler.source_interest(i);
+            if want == s.watched {
+                continue;
+            }
+            let data = DATA_SOURCE_BASE.saturating_add(u32::try_from(i).unwrap_or(0));
+            let result = if want == Interest::NONE {
+                ops.remove(Events::empty_raw(s.fd))
+            } else if s.watched == Interest::NONE {
+                ops.add(Events::with_data_raw(s.fd, data, want.event_set()))
+            } else {
+                ops.modify(Events::with_data_raw(s.fd, data, want.event_set()))
+            };
+            match result {
+                Ok(()) => s.watched = want,
+                Err(e) => warn!("{}: watching source {i}: {e:?}", self.handler.name()),
+            }
         }
     }
 }
@@ -284,12 +367,17 @@ impl MutEventSubscriber for Subscriber {
         )) {
             error!("{}: watching the control eventfd: {e:?}", self.name());
         }
-        for (i, fd) in self.handler.sources().into_iter().enumerate() {
-            let data = DATA_SOURCE_BASE.saturating_add(u32::try_from(i).unwrap_or(0));
-            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
-                warn!("{}: cannot watch source {i}: {e:?}", self.name());
-            }
-        }
+        self.sources = self
+            .handler
+            .sources()
+            .into_iter()
+            .map(|fd| Source {
+                fd,
+                watched: Interest::NONE,
+                gone: false,
+            })
+            .collect();
+        self.sync_sources(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -300,6 +388,7 @@ impl MutEventSubscriber for Subscriber {
             }
             d => self.queue(d as usize),
         }
+        self.sync_sources(ops);
     }
 }
 
@@ -341,6 +430,7 @@ impl Worker {
             EventManager::new().map_err(WorkerError::EventManager)?;
         let id = manager.add_subscriber(Subscriber {
             handler,
+            sources: Vec::new(),
             rx,
             control: control.clone(),
             notifiers,

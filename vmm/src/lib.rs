@@ -25,6 +25,8 @@ pub use topology::{Topology, TopologyError};
 
 /// The `--disk` configuration (from the virtio crate).
 pub use ::virtio::block as virtio_disk;
+/// The `--net` configuration (from the virtio crate).
+pub use ::virtio::net as virtio_net;
 pub use virtio::ConsoleMode;
 pub use vm::{
     run, ApicMode, DeviceConfig, Error, IommuKind, PciDeviceKind, PvPanicConfig, ResetAction,

@@ -1,5 +1,5 @@
-//! Virtio devices in the VM: opening what `--disk`, `--console virtio` and `--rng` name
-//! (before any KVM object exists, so a bad image starts nothing), then placing each on PCI
+//! Virtio devices in the VM: opening what `--disk`, `--net`, `--console virtio` and `--rng` name
+//! (before any KVM object exists, so a bad image or tap starts nothing), then placing each on PCI
 //! bus 0 after the `--device`s with its MSI-X vectors as irqfd sources of the interrupt
 //! router (so queue interrupts follow the guest's interrupt remapping and can be posted by
 //! the host) and its queue notifications as KVM ioeventfds.
@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use devices::pci::{PciAddress, PciRoot, SharedPciFunction};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio::{
-    Block, Console, DeviceSpec, DiskConfig, IoEventRegistrar, QueueHandler, Rng, VirtioPciDevice,
+    Block, Console, DeviceSpec, DiskConfig, IoEventRegistrar, Net, NetConfig, QueueHandler, Rng,
+    VirtioPciDevice,
 };
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -36,9 +37,10 @@ pub struct Opened {
 }
 
 /// Opens every virtio device the configuration asks for, in placement order: disks,
-/// console, rng. Failures are the user's to fix (exit status 2).
+/// network devices, console, rng. Failures are the user's to fix (exit status 2).
 pub fn open_all(
     disks: &[DiskConfig],
+    nets: &[NetConfig],
     console: ConsoleMode,
     rng: bool,
 ) -> Result<Vec<Opened>, Error> {
@@ -50,6 +52,15 @@ pub fn open_all(
             spec: block.spec(),
             handler: block.into_handler(),
             flag: "--disk",
+        });
+    }
+    for (i, net) in nets.iter().enumerate() {
+        let n =
+            Net::open(net, &format!("net{i}")).map_err(|e| Error::usage("--net", e.to_string()))?;
+        out.push(Opened {
+            spec: n.spec(),
+            handler: n.into_handler(),
+            flag: "--net",
         });
     }
     if console == ConsoleMode::Virtio {

@@ -88,6 +88,8 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// virtio-blk disks (`--disk`), placed after the devices.
     pub disks: Vec<virtio::DiskConfig>,
+    /// virtio-net devices on taps (`--net`), placed after the disks.
+    pub nets: Vec<virtio::NetConfig>,
     /// The virtio console (`--console`).
     pub console: crate::virtio::ConsoleMode,
     /// A virtio-rng device (`--rng`).

@@ -211,7 +211,8 @@ impl Vm {
             .collect();
         let opened = crate::passthrough::open_all(&passthrough)?;
         let intx = crate::passthrough::intx_plan(&config.devices, &opened);
-        let virtio = crate::virtio::open_all(&config.disks, config.console, config.rng)?;
+        let virtio =
+            crate::virtio::open_all(&config.disks, &config.nets, config.console, config.rng)?;
         let mem = memory::create_guest_memory(config.memory)?;
         let apic_ids = config.topology.apic_ids();
         let tables = acpi::build(
