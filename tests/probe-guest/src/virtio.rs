@@ -20,6 +20,8 @@ use crate::text;
 pub const VENDOR: u16 = 0x1af4;
 /// Modern device IDs are this plus the device type.
 pub const DEVICE_BASE: u16 = 0x1040;
+/// Device type: network card.
+pub const TYPE_NET: u16 = 1;
 /// Device type: block.
 pub const TYPE_BLOCK: u16 = 2;
 /// Device type: console.
@@ -387,6 +389,11 @@ impl Device {
     pub fn config16(&self, offset: u64) -> u16 {
         self.config.read16(offset)
     }
+
+    /// Reads the device configuration byte at `offset`.
+    pub fn config8(&self, offset: u64) -> u8 {
+        self.config.read8(offset)
+    }
 }
 
 impl Virtq {
@@ -459,6 +466,17 @@ impl Virtq {
     pub fn kick(&self) {
         fence(Ordering::SeqCst);
         self.notify.write16(self.notify_at, self.index);
+    }
+
+    /// The used index the device published.
+    pub fn used_published(&self) -> u16 {
+        fence(Ordering::SeqCst);
+        load(self.ring + USED_AT + 2)
+    }
+
+    /// The index of the next used entry [`Virtq::pop_used`] returns.
+    pub fn used_seen(&self) -> u16 {
+        self.last_used
     }
 
     /// The next used entry, if the device produced one: (head, length).

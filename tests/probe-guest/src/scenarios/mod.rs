@@ -76,6 +76,8 @@ mod virtio_blk_bad;
 mod virtio_blk_bench;
 mod virtio_common;
 mod virtio_console;
+mod virtio_net;
+mod virtio_net_common;
 mod virtio_rng;
 mod vtd_pi;
 mod vtd_pi_bench;
@@ -337,6 +339,11 @@ pub static ALL: &[Scenario] = &[
         name: "virtio-console",
         summary: "virtio console by PCI ID: a line out through hvc0, probe.hvc_input=WORD read back from the host",
         run: virtio_console::run,
+    },
+    Scenario {
+        name: "virtio-net",
+        summary: "virtio-net by PCI ID: pings of 60-1514 bytes over probe.net_pairs pairs with the host peer, checksum and TCP segmentation offloads both ways; interrupts on their CPUs",
+        run: virtio_net::run,
     },
     Scenario {
         name: "virtio-rng",
