@@ -443,6 +443,11 @@ impl VtdUnit {
         self.dma.view(mem, self.active_root(), source)
     }
 
+    /// What the DMA-remapping engine supports (from CAP and ECAP).
+    pub fn dma_support(&self) -> DmaSupport {
+        self.dma.support()
+    }
+
     /// Hit and miss counts of the context cache and the IOTLB.
     pub fn dma_cache_stats(&self) -> (dma::cache::CacheStats, dma::cache::CacheStats) {
         self.dma.stats()
