@@ -261,14 +261,19 @@ fn bad_transmit_chains_are_dropped_not_fatal() {
     r.rings[1].add(&r.mem, &[(RAM as u64 - 8, 64, false)]);
     // Too long.
     r.rings[1].add(&r.mem, &[(DATA, 0x10000, false), (DATA, 0x10000, false)]);
+    // A chain that loops: descriptor 12 points back to itself.
+    let looped = r.rings[1].add(&r.mem, &[(DATA + 0x200, 64, false)]);
+    let d = r.rings[1].desc + 16 * u64::from(looped);
+    r.mem.write_obj(NEXT, GuestAddress(d + 12)).unwrap();
+    r.mem.write_obj(looped, GuestAddress(d + 14)).unwrap();
     // Fine.
     let ok = frame(0, 0, 60);
     r.mem.write_slice(&ok, GuestAddress(DATA + 0x200)).unwrap();
     r.rings[1].add(&r.mem, &[(DATA + 0x200, ok.len() as u32, false)]);
     r.kick(1);
     assert_eq!(r.fake.st().sent[0], vec![ok]);
-    assert_eq!(r.rings[1].take_used(&r.mem).len(), 5);
-    assert_eq!(r.h.stats().tx_dropped, 4);
+    assert_eq!(r.rings[1].take_used(&r.mem).len(), 6);
+    assert_eq!(r.h.stats().tx_dropped, 5);
 }
 
 #[test]

@@ -2,20 +2,21 @@
 //! buffers) to the tap, one `write` each.
 //!
 //! A chain is gathered into a bounce buffer, its header checked against the negotiated
-//! features ([`super::offload::check_tx`]) and written. Frames that cannot be sent (too
-//! long, a buffer outside RAM, an offload not negotiated, refused by the tap) are dropped:
+//! features ([`super::offload::check_tx`]) and written. Frames that cannot be sent (a chain
+//! that loops or is cut short, too long, a buffer outside RAM, an offload not negotiated,
+//! refused by the tap) are dropped:
 //! the chain is used with length 0, as every transmitted chain is. When the tap cannot take
 //! a frame now, the chain goes back to the ring and transmission stops until the tap is
 //! writable. At most one ring's worth is served per call.
 
 use log::debug;
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::backend::NetBackend;
 use super::offload::check_tx;
 use crate::segments::{Cursor, Segments};
-use crate::worker::{pop_chain, Activation, DeviceError};
+use crate::worker::{Activation, DeviceError};
 
 /// Largest frame accepted: the header, 64 KiB of IP packet, an Ethernet header with two
 /// VLAN tags.
@@ -39,6 +40,33 @@ pub enum TxEnd {
     More,
     /// The tap cannot take the next frame: wait until it is writable.
     Blocked,
+}
+
+/// Takes the next available chain: its head, its buffers, and whether it ended properly
+/// (its last descriptor has no `NEXT`: it neither loops nor runs into a bad index or
+/// indirect table, where virtio-queue's walk stops early).
+pub fn pop_whole_chain(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<Option<(u16, Segments, bool)>, virtio_queue::Error> {
+    let Some(chain) = queue.iter(mem)?.next() else {
+        return Ok(None);
+    };
+    let head = chain.head_index();
+    let mut segs = Segments::default();
+    let mut whole = false;
+    for d in chain {
+        whole = !d.has_next();
+        if d.len() == 0 {
+            continue;
+        }
+        if d.is_write_only() {
+            segs.writable.push((d.addr(), d.len()));
+        } else {
+            segs.readable.push((d.addr(), d.len()));
+        }
+    }
+    Ok(Some((head, segs, whole)))
 }
 
 /// Copies a chain's readable bytes into `buf`: the frame's length, or why not.
@@ -77,11 +105,16 @@ pub fn transmit<B: NetBackend>(
             if budget == 0 {
                 break 'serve TxEnd::More;
             }
-            let Some((head, segs)) = pop_chain(queue, &mem).map_err(err)? else {
+            let Some((head, segs, whole)) = pop_whole_chain(queue, &mem).map_err(err)? else {
                 break;
             };
             budget -= 1;
-            let sent = match gather(&segs, &mem, buf) {
+            let gathered = if whole {
+                gather(&segs, &mem, buf)
+            } else {
+                Err("chain loops or is cut short")
+            };
+            let sent = match gathered {
                 Ok(n) => {
                     let frame = buf.get(..n).unwrap_or_default();
                     match check_tx(frame, features) {

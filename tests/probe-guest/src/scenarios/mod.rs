@@ -77,6 +77,7 @@ mod virtio_blk_bench;
 mod virtio_common;
 mod virtio_console;
 mod virtio_net;
+mod virtio_net_bad;
 mod virtio_net_common;
 mod virtio_rng;
 mod vtd_pi;
@@ -344,6 +345,11 @@ pub static ALL: &[Scenario] = &[
         name: "virtio-net",
         summary: "virtio-net by PCI ID: pings of 60-1514 bytes over probe.net_pairs pairs with the host peer, checksum and TCP segmentation offloads both ways; interrupts on their CPUs",
         run: virtio_net::run,
+    },
+    Scenario {
+        name: "virtio-net-bad",
+        summary: "a hostile virtio-net driver: bad queue size, config writes, stray notifies, readonly/outside-RAM receive buffers, short/outside-RAM/unnegotiated-offload/looping transmit chains, bad control commands, runaway index; the VMM survives",
+        run: virtio_net_bad::run,
     },
     Scenario {
         name: "virtio-rng",

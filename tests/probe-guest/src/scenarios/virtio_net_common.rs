@@ -194,6 +194,15 @@ impl Nic {
     /// asked), with up to `want_pairs` pairs as the `irqs` vectors allow; posts receive
     /// buffers everywhere.
     pub fn open(dev: Device, irqs: &mut Irqs, wanted: u64, want_pairs: usize) -> Result<Nic, Text> {
+        let mut nic = Self::open_with(dev, irqs, wanted, want_pairs)?;
+        for p in 0..nic.pairs {
+            nic.post_rx(p, 0);
+        }
+        Ok(nic)
+    }
+
+    /// [`Nic::open`] without posting receive buffers.
+    pub fn open_with(dev: Device, irqs: &mut Irqs, wanted: u64, want_pairs: usize) -> Result<Nic, Text> {
         // Without mergeable buffers only whole frames fit: no large receive offloads.
         let mut wanted = wanted | F_MAC | F_STATUS;
         if irqs.count < 4 {
@@ -264,14 +273,6 @@ impl Nic {
             }
         }
         nic.pairs = pairs;
-        for p in 0..MAX_PAIRS {
-            if let Some(q) = nic.rx[p].as_mut() {
-                for i in 0..q.size {
-                    q.submit(i, &[rx_buf(p, i, buf_len)]);
-                }
-                q.kick();
-            }
-        }
         sprintln!(
             "virtio-net: {} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, features 0x{:x}, {} of {} pairs",
             nic.dev.function,
@@ -286,6 +287,31 @@ impl Nic {
             max_pairs
         );
         Ok(nic)
+    }
+
+    /// Posts receive buffers `from..` (descriptor i, buffer i) on pair `p` and kicks.
+    pub fn post_rx(&mut self, p: usize, from: u16) {
+        let buf_len = self.buf_len;
+        if let Some(q) = self.rx.get_mut(p).and_then(Option::as_mut) {
+            for i in from..q.size {
+                q.submit(i, &[rx_buf(p, i, buf_len)]);
+            }
+            q.kick();
+        }
+    }
+
+    /// Queue slot `slot`: receiveq of pair `slot / 2` when even, else its transmitq.
+    pub fn queue(&mut self, slot: usize) -> Option<&mut Virtq> {
+        let pair = if slot % 2 == 0 { &mut self.rx } else { &mut self.tx };
+        pair.get_mut(slot / 2).and_then(Option::as_mut)
+    }
+
+    /// Waits for the next used entry of queue slot `slot` and its interrupt: (head, length).
+    pub fn complete_raw(&mut self, irqs: &mut Irqs, slot: usize, what: &str) -> Result<(u16, u32), Text> {
+        let q = self.queue(slot).ok_or_else(|| text!("no queue slot {}", slot))?;
+        let (entry, head, len) = wait_used(q, irqs).ok_or_else(|| text!("{}: not completed", what))?;
+        self.account(irqs, slot, slot + 1, entry, what)?;
+        Ok((head, len))
     }
 
     /// True when every bit of `f` was accepted.
@@ -330,6 +356,30 @@ impl Nic {
         let (entry, _, _) = wait_used(q, irqs).ok_or_else(|| text!("control command not completed"))?;
         self.account(irqs, 2 * MAX_PAIRS, vector, entry, "virtio-net control command")?;
         Ok(virtio::data_read(CTRL_ACK_AT))
+    }
+
+    /// Sends a control command with no writable byte for the ack (a driver bug); returns
+    /// the used length.
+    pub fn control_without_ack(&mut self, irqs: &mut Irqs) -> Result<u32, Text> {
+        let (q, vector) = self
+            .ctrl
+            .as_mut()
+            .ok_or_else(|| text!("no control queue"))?;
+        virtio::data_write(CTRL_AT, CTRL_MQ);
+        virtio::data_write(CTRL_AT + 1, CTRL_MQ_VQ_PAIRS_SET);
+        q.submit(
+            0,
+            &[Buf {
+                addr: virtio::data_addr(CTRL_AT),
+                len: 4,
+                write: false,
+            }],
+        );
+        q.kick();
+        let vector = *vector;
+        let (entry, _, len) = wait_used(q, irqs).ok_or_else(|| text!("control command not completed"))?;
+        self.account(irqs, 2 * MAX_PAIRS, vector, entry, "virtio-net control command")?;
+        Ok(len)
     }
 
     /// Sends the `len`-byte frame at [`TX_AT`] + [`HDR_LEN`] with header `hdr` on pair `p`
@@ -477,7 +527,7 @@ impl Nic {
 }
 
 /// Receive buffer `i` of pair `p`.
-fn rx_buf(p: usize, i: u16, len: usize) -> Buf {
+pub fn rx_buf(p: usize, i: u16, len: usize) -> Buf {
     Buf {
         addr: virtio::data_addr(RX_BUFS_AT + (p * usize::from(QUEUE_ENTRIES) + usize::from(i)) * len),
         len: len as u32,
