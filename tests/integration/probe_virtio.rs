@@ -5,8 +5,14 @@
 //! delivered by KVM through irqfds; each alone on the bus too; bad `--disk` input; and the
 //! same probe scenarios against QEMU's own virtio devices (QEMU 7.2, when installed), so
 //! the probe's driver is checked against an implementation irvmm did not write.
+//!
+//! virtio-net: each test creates a network namespace with the tap (made beforehand, or
+//! created by the VMM), runs the host-side peer `net_peer.py` and the VMM in it, and
+//! checks both sides: frames both ways, checksum and TCP segmentation offloads both ways,
+//! two queue pairs; a hostile driver; bad `--net` input.
 
 mod common;
+mod netns;
 
 use std::fs;
 use std::io::Write;
@@ -336,6 +342,17 @@ fn qemu(
     devices: &[&str],
     stdin: Option<&[u8]>,
 ) -> Result<(Option<i32>, String, String), String> {
+    qemu_in(None, scenario_cmdline, smp, devices, stdin)
+}
+
+/// [`qemu`] in network namespace `netns`, when given.
+fn qemu_in(
+    netns: Option<&str>,
+    scenario_cmdline: &str,
+    smp: u32,
+    devices: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<(Option<i32>, String, String), String> {
     kvm_available()?;
     let probe = asset("probe.elf")?;
     let Some(qemu) = find_qemu() else {
@@ -386,7 +403,15 @@ fn qemu(
         None => args.extend(["-serial", "stdio"].map(String::from)),
     }
     args.extend(devices.iter().map(|s| s.to_string()));
-    let mut child = Command::new("timeout")
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "timeout"]);
+            c
+        }
+        None => Command::new("timeout"),
+    };
+    let mut child = command
         .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -524,5 +549,325 @@ fn qemu_virtio_console_288_vcpus_remapped() {
             out.contains("PROBE-HVC hello from the virtio console"),
             "{out}"
         );
+    }
+}
+
+// --- virtio-net ------------------------------------------------------------------------
+
+/// The peer's summary for a full `virtio-net` run.
+const PEER_FULL: &str = "PEER OK pings=8 udp=1 tcp_in=3000 tcp_out=3000 gso_seen=1 bad=0";
+
+/// A namespace with `tap` (made beforehand when `existing`, multi-queue when
+/// `multi_queue`) and the peer on it, or why not.
+fn net_setup(
+    test: &str,
+    tap: &str,
+    existing: bool,
+    multi_queue: bool,
+) -> Result<(netns::NetNs, netns::Peer), String> {
+    kvm_available()?;
+    asset("probe.elf")?;
+    let ns = netns::NetNs::create(test)?;
+    if existing {
+        ns.add_tap(tap, multi_queue)?;
+    }
+    let mut peer = ns.peer(tap, &["--linger", "60"])?;
+    if existing {
+        peer.wait_ready()?;
+    }
+    Ok((ns, peer))
+}
+
+/// Runs the probe with `cmdline` in `ns` under irvmm with `extra` arguments.
+fn irvmm_in(ns: &netns::NetNs, cmdline: &str, extra: &[&str]) -> GuestRun {
+    let probe = asset("probe.elf").expect("probe.elf");
+    let mut args = vec![
+        "--kernel",
+        probe.to_str().expect("utf-8"),
+        "--cmdline",
+        cmdline,
+    ];
+    args.extend_from_slice(extra);
+    ns.run_vmm(
+        irvmm(),
+        &args,
+        &[("RUST_LOG", "info")],
+        Duration::from_secs(300),
+    )
+}
+
+#[test]
+fn virtio_net_288_vcpus_remapped_two_pairs() {
+    let tap = netns::unique("tn");
+    let (ns, peer) = match net_setup("net288", &tap, true, true) {
+        Ok(s) => s,
+        Err(why) => return skip("virtio_net_288", &why),
+    };
+    let net = format!("tap={tap},mac=52:54:00:0a:0b:0c,queues=2");
+    let mut extra = IR_288.to_vec();
+    extra.extend(["--net", &net]);
+    let run = irvmm_in(&ns, "probe=virtio-net", &extra);
+    let peer = peer.finish(Duration::from_secs(5));
+    assert_probe_pass(
+        &run,
+        "virtio-net",
+        &[
+            "mac=52:54:00:0a:0b:0c",
+            "pairs=2",
+            "pings=8",
+            "csum_tx=1",
+            "csum_rx=partial",
+            "tso_tx=1",
+            "tso_rx=1",
+            "stray=0",
+            "remapped=1",
+        ],
+    );
+    assert!(peer.contains(PEER_FULL), "peer:\n{peer}\n{}", run.dump());
+    // Both pairs carried frames each way.
+    let last = run.lines.last().cloned().unwrap_or_default();
+    for field in ["txq=", "rxq="] {
+        let v = last
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(field))
+            .unwrap_or_default();
+        assert!(
+            v.split('+').all(|n| n.parse::<u32>().unwrap_or(0) > 0),
+            "{field}{v}: a pair carried nothing\n{}",
+            run.dump()
+        );
+    }
+    // Config + 2 pairs + control: six vectors, all in KVM.
+    let line = vectors_line(&run, "virtio-net0");
+    assert!(line.contains("6 vectors, 6 enabled, 6 in KVM"), "{line}");
+    assert!(
+        run.stderr.contains("2 queue pair(s) in use"),
+        "{}",
+        run.dump()
+    );
+    assert!(ns.has_link(&tap), "an existing tap must stay");
+}
+
+#[test]
+fn virtio_net_created_tap_alone() {
+    let tap = netns::unique("tc");
+    let (ns, peer) = match net_setup("netnew", &tap, false, false) {
+        Ok(s) => s,
+        Err(why) => return skip("virtio_net_created_tap", &why),
+    };
+    let net = format!("tap={tap}");
+    let run = irvmm_in(
+        &ns,
+        "probe=virtio-net",
+        &["--memory", "128M", "--net", &net],
+    );
+    let peer = peer.finish(Duration::from_secs(5));
+    assert_probe_pass(
+        &run,
+        "virtio-net",
+        &["pairs=1", "csum_rx=partial", "tso_rx=1", "remapped=0"],
+    );
+    assert!(peer.contains(PEER_FULL), "peer:\n{peer}\n{}", run.dump());
+    assert!(
+        run.stderr.contains("(created, 1 queue pair(s)"),
+        "{}",
+        run.dump()
+    );
+    assert!(!ns.has_link(&tap), "the tap irvmm created must go with it");
+}
+
+/// A hostile driver (see the probe's `virtio-net-bad`): bad queue size, config writes,
+/// stray notifies, receive buffers the device cannot write, transmit chains that must
+/// never reach the tap, bad control commands, a runaway index; irvmm keeps running and
+/// recovers after a reset.
+#[test]
+fn virtio_net_hostile_driver_288_vcpus() {
+    let tap = netns::unique("tb");
+    let (ns, peer) = match net_setup("netbad", &tap, false, false) {
+        Ok(s) => s,
+        Err(why) => return skip("virtio_net_hostile", &why),
+    };
+    let net = format!("tap={tap}");
+    let mut extra = IR_288.to_vec();
+    extra.extend(["--net", &net]);
+    let run = irvmm_in(&ns, "probe=virtio-net-bad", &extra);
+    let peer = peer.finish(Duration::from_secs(5));
+    assert_probe_pass(
+        &run,
+        "virtio-net-bad",
+        &[
+            "bad_size=needs_reset",
+            "rx_readonly=0",
+            "rx_outside=0",
+            "tx_bad=5",
+            "ctrl=err",
+            "runaway=needs_reset",
+            "stray=0",
+        ],
+    );
+    // Four good pings; none of the hostile ones got through.
+    assert!(peer.contains("PEER OK pings=4 "), "peer:\n{peer}");
+    assert!(!peer.contains("PEER BAD"), "peer:\n{peer}");
+}
+
+/// Runs irvmm with `args` (no guest must start); asserts exit status 2 and one stderr
+/// line naming `--net`; returns the line.
+fn net_refused(prefix: &[&str], args: &[&str]) -> String {
+    let kernel = asset("probe.elf").expect("probe.elf");
+    let mut c = match prefix.split_first() {
+        Some((p, rest)) => {
+            let mut c = Command::new(p);
+            c.args(rest).arg(irvmm());
+            c
+        }
+        None => Command::new(irvmm()),
+    };
+    let out = c
+        .args([
+            "--kernel",
+            kernel.to_str().expect("utf-8"),
+            "--cmdline",
+            "probe=boot",
+        ])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run irvmm");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?}: the guest must not have run"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line expected: {stderr}");
+    assert!(lines[0].contains("--net"), "{args:?}: '{}'", lines[0]);
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_nets_are_refused_with_one_line() {
+    if let Err(why) = asset("probe.elf") {
+        return skip("bad_nets", &why);
+    }
+    for (net, says) in [
+        ("tap=t0,mac=01:00:5e:00:00:01", "multicast"),
+        ("tap=t0,mac=52:54:00:12:34", "mac=52:54:00:12:34"),
+        ("tap=t0,mac=00:00:00:00:00:00", "all-zero"),
+        ("tap=t0,queues=0", "queues=0"),
+        ("tap=t0,queues=65", "queues=65"),
+        ("tap=much-too-long-name", "interface name"),
+        ("mac=52:54:00:12:34:56", "tap=NAME"),
+    ] {
+        let l = net_refused(&[], &["--net", net]);
+        assert!(l.contains(says), "{net}: {l}");
+    }
+    // Without CAP_NET_ADMIN no tap can be created (or taken from another user).
+    let setpriv = "/usr/bin/setpriv";
+    if std::path::Path::new(setpriv).exists() {
+        let tap = netns::unique("tp");
+        let l = net_refused(
+            &[
+                setpriv,
+                "--bounding-set",
+                "-net_admin",
+                "--inh-caps",
+                "-net_admin",
+                "--",
+            ],
+            &["--net", &format!("tap={tap}")],
+        );
+        assert!(l.contains("CAP_NET_ADMIN"), "{l}");
+    } else {
+        skip(
+            "bad_nets (no CAP_NET_ADMIN)",
+            "setpriv (util-linux) is not installed",
+        );
+    }
+    // A tun device of that name, and a multi-queue tap opened with one queue.
+    let ns = match netns::NetNs::create("netref") {
+        Ok(ns) => ns,
+        Err(why) => return skip("bad_nets (tun, multi_queue)", &why),
+    };
+    let tun = netns::unique("tu");
+    ns.add_tun(&tun).expect("add tun");
+    let mq = netns::unique("tm");
+    ns.add_tap(&mq, true).expect("add tap");
+    let ip = ["ip", "netns", "exec", ns.name()];
+    let l = net_refused(&ip, &["--net", &format!("tap={tun}")]);
+    assert!(l.contains("not a single-queue tap"), "{l}");
+    let l = net_refused(&ip, &["--net", &format!("tap={mq}")]);
+    assert!(l.contains("made with multi_queue"), "{l}");
+}
+
+#[test]
+fn qemu_virtio_net_288_vcpus_remapped_two_pairs() {
+    let tap = netns::unique("tq");
+    let (ns, peer) = match net_setup("qnet", &tap, true, true) {
+        Ok(s) => s,
+        Err(why) => return skip("qemu_virtio_net", &why),
+    };
+    let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no,queues=2");
+    let res = qemu_in(
+        Some(ns.name()),
+        "probe=virtio-net",
+        288,
+        &[
+            "-netdev",
+            &netdev,
+            "-device",
+            "virtio-net-pci,netdev=n0,disable-legacy=on,mac=52:54:00:0a:0b:0d,romfile=,mq=on,vectors=6",
+        ],
+        None,
+    );
+    let out = qemu_pass(
+        "qemu_virtio_net",
+        res,
+        "virtio-net",
+        &[
+            "mac=52:54:00:0a:0b:0d",
+            "pairs=2",
+            "csum_rx=partial",
+            "tso_tx=1",
+            "tso_rx=1",
+            "stray=0",
+            "remapped=1",
+        ],
+    );
+    let peer = peer.finish(Duration::from_secs(5));
+    if out.is_some() {
+        assert!(peer.contains(PEER_FULL), "peer:\n{peer}");
+    }
+}
+
+#[test]
+fn qemu_virtio_net_created_tap() {
+    let tap = netns::unique("tr");
+    let (ns, peer) = match net_setup("qnetnew", &tap, false, false) {
+        Ok(s) => s,
+        Err(why) => return skip("qemu_virtio_net_created_tap", &why),
+    };
+    let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+    let res = qemu_in(
+        Some(ns.name()),
+        "probe=virtio-net",
+        1,
+        &[
+            "-netdev",
+            &netdev,
+            "-device",
+            "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+        ],
+        None,
+    );
+    let out = qemu_pass(
+        "qemu_virtio_net_created_tap",
+        res,
+        "virtio-net",
+        &["pairs=1", "csum_rx=partial", "tso_rx=1", "remapped=0"],
+    );
+    let peer = peer.finish(Duration::from_secs(5));
+    if out.is_some() {
+        assert!(peer.contains(PEER_FULL), "peer:\n{peer}");
     }
 }
