@@ -79,6 +79,8 @@ pub const DESC_NEXT: u16 = 1;
 pub const DESC_WRITE: u16 = 2;
 /// Available ring flag: no interrupt wanted.
 pub const AVAIL_NO_INTERRUPT: u16 = 1;
+/// Used ring flag: no notification wanted.
+pub const USED_NO_NOTIFY: u16 = 1;
 
 /// Entries per queue the probe uses (at most).
 pub const QUEUE_ENTRIES: u16 = 32;
@@ -466,6 +468,12 @@ impl Virtq {
     pub fn kick(&self) {
         fence(Ordering::SeqCst);
         self.notify.write16(self.notify_at, self.index);
+    }
+
+    /// False while the device asks not to be notified (`VRING_USED_F_NO_NOTIFY`).
+    pub fn wants_kick(&self) -> bool {
+        fence(Ordering::SeqCst);
+        load::<u16>(self.ring + USED_AT) & USED_NO_NOTIFY == 0
     }
 
     /// The used index the device published.

@@ -35,6 +35,7 @@ mod amd_ioapic;
 mod amd_many;
 mod bench_stats;
 mod boot;
+mod cpuid;
 mod dma_basic;
 mod dma_bench;
 mod dma_common;
@@ -78,6 +79,7 @@ mod virtio_common;
 mod virtio_console;
 mod virtio_net;
 mod virtio_net_bad;
+mod virtio_net_bench;
 mod virtio_net_common;
 mod virtio_rng;
 mod vtd_pi;
@@ -110,6 +112,11 @@ pub static ALL: &[Scenario] = &[
         name: "boot",
         summary: "PVH boot info, ACPI tables and checksums, MADT processor count",
         run: boot::run,
+    },
+    Scenario {
+        name: "cpuid",
+        summary: "the CPUID leaves every vCPU sees (popcnt, SMAP, SMEP, x2APIC, XSAVE...) and whether CR4 takes SMEP/SMAP",
+        run: cpuid::run,
     },
     Scenario {
         name: "fault",
@@ -350,6 +357,11 @@ pub static ALL: &[Scenario] = &[
         name: "virtio-net-bad",
         summary: "a hostile virtio-net driver: bad queue size, config writes, stray notifies, readonly/outside-RAM receive buffers, short/outside-RAM/unnegotiated-offload/looping transmit chains, bad control commands, runaway index; the VMM survives",
         run: virtio_net_bad::run,
+    },
+    Scenario {
+        name: "virtio-net-bench",
+        summary: "virtio-net polled with the host peer: probe.frames 64-byte frames out at probe.qd in flight, then as many in; packets/s each way",
+        run: virtio_net_bench::run,
     },
     Scenario {
         name: "virtio-rng",
