@@ -7,6 +7,10 @@
 #   config               the kernel's build configuration, for reference
 #   kernel-version       release=, package=, version= of that kernel (shell-sourceable)
 #   initramfs.cpio.gz    busybox-static (Debian) + an /init that prints "IRVMM-INIT-OK cpus=N"
+#   initramfs-disk.cpio.gz  busybox-static + that kernel's virtio, ext4 and pvpanic modules + an
+#                        /init that loads them and switches to the root disk
+#   rootfs.ext4          an ext4 root disk (made without root: mkfs.ext4 -d) with busybox, the
+#                        same modules and an /sbin/init that prints "IRVMM-ROOT-OK", writes a file
 #
 # Only Debian's package registry is used (apt-get download; nothing else is downloaded).
 # Missing host tools are installed with apt-get. Assets that are present and intact are reused.
@@ -17,7 +21,8 @@ usage() {
 	cat <<'EOF'
 usage: resources/fetch-assets.sh [--force] [--only STEP[,STEP...]]...
 
-  STEP is one of: probe, kernel, initramfs (default: all three)
+  STEP is one of: probe, kernel, initramfs, disk (default: all four; disk needs the kernel's
+  assets and fetches them first when they are missing)
   --force     rebuild the selected assets even if a valid cached copy exists
   --only      restrict to the given steps (repeatable, or comma-separated)
   -h, --help  this text
@@ -34,10 +39,17 @@ STAMPS="$GUESTS/.stamps"
 PROBE_BUILD="$REPO_ROOT/tests/probe-guest/build.sh"
 BZIMAGE_PY="$SCRIPT_DIR/bzimage.py"
 INIT_SCRIPT="$SCRIPT_DIR/initramfs/init"
+DISK_INIT="$SCRIPT_DIR/disk/init"
+ROOTFS_INIT="$SCRIPT_DIR/disk/rootfs-init"
 
 # Bump when the way an asset is produced changes, so cached copies are rebuilt.
 KERNEL_RECIPE=1
 INITRAMFS_RECIPE=1
+DISK_RECIPE=1
+# The kernel modules the root-disk initramfs loads (their dependencies, soft ones included, come
+# from the kernel's own modules.dep/modules.softdep via modprobe --show-depends).
+DISK_MODULES=(virtio_pci virtio_blk virtio_net virtio_console virtio-rng ext4 pvpanic-mmio pvpanic-pci)
+ROOTFS_SIZE=64M
 # Fixed timestamp for the initramfs members (reproducible archive).
 ARCHIVE_EPOCH=${SOURCE_DATE_EPOCH:-1}
 
@@ -61,11 +73,11 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(probe kernel initramfs)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(probe kernel initramfs disk)
 for s in "${STEPS[@]}"; do
 	case "$s" in
-	probe | kernel | initramfs) ;;
-	*) echo "fetch-assets: unknown step '$s' (probe, kernel, initramfs)" >&2; exit 2 ;;
+	probe | kernel | initramfs | disk) ;;
+	*) echo "fetch-assets: unknown step '$s' (probe, kernel, initramfs, disk)" >&2; exit 2 ;;
 	esac
 done
 want() {
@@ -285,6 +297,68 @@ step_kernel() {
 	log "kernel: ok, $pkg $ver ($(elapsed "$t0"))"
 }
 
+# fetch_busybox DIR STEP: downloads Debian's busybox-static into DIR and unpacks it there
+# (DIR/pkg/bin/busybox); sets BUSYBOX_VERSION.
+BUSYBOX_VERSION=
+fetch_busybox() {
+	local dir=$1 step=$2 ver deb
+	ver=$(candidate_version busybox-static)
+	if [ -z "$ver" ]; then
+		apt_update
+		ver=$(candidate_version busybox-static)
+	fi
+	[ -n "$ver" ] || die "apt knows no busybox-static"
+	log "$step: downloading busybox-static $ver"
+	if ! deb=$(fetch_deb busybox-static "$ver" "$dir"); then
+		[ "$APT_UPDATED" -eq 0 ] || die "apt-get download busybox-static=$ver failed"
+		apt_update
+		ver=$(candidate_version busybox-static)
+		deb=$(fetch_deb busybox-static "$ver" "$dir") || die "apt-get download busybox-static=$ver failed"
+	fi
+	mkdir -p "$dir/pkg"
+	dpkg-deb -x "$deb" "$dir/pkg"
+	[ -f "$dir/pkg/bin/busybox" ] || die "busybox-static $ver has no bin/busybox"
+	BUSYBOX_VERSION=$ver
+}
+
+# busybox_tree ROOT BUSYBOX STEP: installs BUSYBOX as ROOT/bin/busybox with one symlink per
+# applet, at the path busybox itself names (it is static: it runs here too). Paths that already
+# exist in ROOT (an /sbin/init script, say) are kept.
+busybox_tree() {
+	local root=$1 busybox=$2 step=$3 applets=() a
+	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,etc,tmp,root,run}
+	install -m 755 "$busybox" "$root/bin/busybox"
+	mapfile -t applets < <("$root/bin/busybox" --list-full 2>/dev/null || true)
+	if [ ${#applets[@]} -lt 10 ]; then
+		log "$step: cannot run busybox here, linking a minimal applet set"
+		applets=(bin/sh bin/mount bin/umount bin/cat bin/echo bin/grep bin/ls bin/dmesg bin/sleep
+			bin/uname bin/mkdir sbin/poweroff sbin/reboot sbin/halt usr/bin/setsid bin/cttyhack
+			sbin/insmod sbin/modprobe sbin/switch_root sbin/ip bin/ping bin/sync usr/bin/awk
+			usr/bin/cut usr/bin/sort usr/bin/tr bin/cp bin/mv bin/rm)
+	fi
+	for a in "${applets[@]}"; do
+		a=${a#/}
+		if [ "$a" = bin/busybox ] || [ -e "$root/$a" ]; then continue; fi
+		mkdir -p "$root/$(dirname "$a")"
+		ln -s /bin/busybox "$root/$a"
+	done
+	for a in bin/sh bin/mount bin/cat bin/grep sbin/poweroff; do
+		[ -L "$root/$a" ] || die "$step: busybox lacks the '$a' applet"
+	done
+	chmod 755 "$root" "$root"/{bin,sbin,usr,usr/bin,usr/sbin,dev,proc,sys,etc,root,run}
+	chmod 1777 "$root/tmp"
+}
+
+# make_cpio ROOT OUT: a reproducible gzip-compressed newc archive of ROOT (owner root, fixed
+# times); prints its member count.
+make_cpio() {
+	local root=$1 out=$2
+	find "$root" -exec touch -h -d "@$ARCHIVE_EPOCH" {} +
+	(cd "$root" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
+		cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -9 -n >"$out"
+	gzip -dc "$out" | cpio --quiet -t | wc -l
+}
+
 step_initramfs() {
 	local t0=$SECONDS init_sha
 	init_sha=$(sha256sum "$INIT_SCRIPT" | cut -d' ' -f1)
@@ -295,57 +369,16 @@ step_initramfs() {
 
 	ensure_tools cpio:cpio gzip:gzip tar:tar dpkg-deb:dpkg
 	ensure_apt_lists
-	local ver
-	ver=$(candidate_version busybox-static)
-	if [ -z "$ver" ]; then
-		apt_update
-		ver=$(candidate_version busybox-static)
-	fi
-	[ -n "$ver" ] || die "apt knows no busybox-static"
-
-	local tmp deb
+	local tmp
 	tmp=$(new_tmp initramfs)
-	log "initramfs: downloading busybox-static $ver"
-	if ! deb=$(fetch_deb busybox-static "$ver" "$tmp"); then
-		[ "$APT_UPDATED" -eq 0 ] || die "apt-get download busybox-static=$ver failed"
-		apt_update
-		ver=$(candidate_version busybox-static)
-		deb=$(fetch_deb busybox-static "$ver" "$tmp") || die "apt-get download busybox-static=$ver failed"
-	fi
-	mkdir -p "$tmp/pkg"
-	dpkg-deb -x "$deb" "$tmp/pkg"
-	[ -f "$tmp/pkg/bin/busybox" ] || die "busybox-static $ver has no bin/busybox"
-
-	local root=$tmp/root
-	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,etc,tmp,root,run}
-	install -m 755 "$tmp/pkg/bin/busybox" "$root/bin/busybox"
+	fetch_busybox "$tmp" initramfs
+	local ver=$BUSYBOX_VERSION root=$tmp/root
+	mkdir -p "$root"
 	install -m 755 "$INIT_SCRIPT" "$root/init"
+	busybox_tree "$root" "$tmp/pkg/bin/busybox" initramfs
 
-	# One symlink per applet, at the path busybox itself names (it is static: it runs here too).
-	local applets=() a
-	mapfile -t applets < <("$root/bin/busybox" --list-full 2>/dev/null || true)
-	if [ ${#applets[@]} -lt 10 ]; then
-		log "initramfs: cannot run busybox here, linking a minimal applet set"
-		applets=(bin/sh bin/mount bin/umount bin/cat bin/echo bin/grep bin/ls bin/dmesg bin/sleep
-			bin/uname bin/mkdir sbin/poweroff sbin/reboot sbin/halt usr/bin/setsid bin/cttyhack)
-	fi
-	for a in "${applets[@]}"; do
-		a=${a#/}
-		if [ "$a" = bin/busybox ] || [ -e "$root/$a" ]; then continue; fi
-		mkdir -p "$root/$(dirname "$a")"
-		ln -s /bin/busybox "$root/$a"
-	done
-	for a in bin/sh bin/mount bin/cat bin/grep sbin/poweroff; do
-		[ -L "$root/$a" ] || die "initramfs: busybox lacks the '$a' applet"
-	done
-
-	chmod 755 "$root" "$root"/{bin,sbin,usr,usr/bin,usr/sbin,dev,proc,sys,etc,root,run}
-	chmod 1777 "$root/tmp"
-	find "$root" -exec touch -h -d "@$ARCHIVE_EPOCH" {} +
-	(cd "$root" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
-		cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -9 -n >"$tmp/initramfs.cpio.gz"
 	local members
-	members=$(gzip -dc "$tmp/initramfs.cpio.gz" | cpio --quiet -t | wc -l)
+	members=$(make_cpio "$root" "$tmp/initramfs.cpio.gz")
 	[ "$members" -gt 10 ] || die "initramfs: archive looks empty ($members members)"
 
 	rm -f "$STAMPS/initramfs" "$STAMPS/initramfs.sha256"
@@ -356,15 +389,135 @@ step_initramfs() {
 	log "initramfs: ok, busybox-static $ver, $members members ($(elapsed "$t0"))"
 }
 
+# disk_modules FULLTREE RELEASE OUT: the modules in DISK_MODULES and everything they need,
+# dependencies first, as paths relative to lib/modules/RELEASE, one a line, into OUT.
+disk_modules() {
+	local full=$1 release=$2 out=$3 m lines
+	: >"$out"
+	for m in "${DISK_MODULES[@]}"; do
+		lines=$(modprobe -d "$full" -S "$release" --show-depends "$m" 2>&1) ||
+			die "disk: $release has no module '$m' (modprobe --show-depends: $lines)"
+		# "insmod /abs/path.ko [params]" per module to load; "builtin NAME" needs nothing.
+		printf '%s\n' "$lines" | awk -v base="$full/lib/modules/$release/" '
+			$1 == "insmod" { p = $2; if (index(p, base) == 1) p = substr(p, length(base) + 1)
+				else { sub(/.*\/lib\/modules\/[^\/]+\//, "", p) }; print p }' >>"$out"
+	done
+	# Keep the first occurrence of each (an earlier module already pulled it in).
+	awk '!seen[$0]++' "$out" >"$out.uniq" && mv -f "$out.uniq" "$out"
+	[ -s "$out" ] || die "disk: modprobe resolved no modules to load"
+}
+
+step_disk() {
+	local t0=$SECONDS init_sha rootfs_sha
+	if ! stamp_valid kernel "$KERNEL_RECIPE"; then
+		log "disk: the kernel assets are missing or stale, fetching them first"
+		step_kernel
+	fi
+	local pkg ver release
+	pkg=$(stamp_get kernel package) ver=$(stamp_get kernel version) release=$(stamp_get kernel release)
+	init_sha=$(sha256sum "$DISK_INIT" | cut -d' ' -f1)
+	rootfs_sha=$(sha256sum "$ROOTFS_INIT" | cut -d' ' -f1)
+	local key=("version=$ver" "release=$release" "init_sha256=$init_sha"
+		"rootfs_init_sha256=$rootfs_sha" "modules=${DISK_MODULES[*]}" "size=$ROOTFS_SIZE")
+	if [ "$FORCE" -eq 0 ] && stamp_valid disk "$DISK_RECIPE" "${key[@]}"; then
+		log "disk: cached ($pkg $ver, busybox-static $(stamp_get disk busybox))"
+		return 0
+	fi
+
+	ensure_tools cpio:cpio gzip:gzip tar:tar dpkg-deb:dpkg modprobe:kmod depmod:kmod \
+		mkfs.ext4:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs
+	ensure_apt_lists
+	local tmp deb
+	tmp=$(new_tmp disk)
+	log "disk: downloading $pkg $ver (for its modules)"
+	if ! deb=$(fetch_deb "$pkg" "$ver" "$tmp"); then
+		[ "$APT_UPDATED" -eq 0 ] || die "apt-get download $pkg=$ver failed"
+		apt_update
+		deb=$(fetch_deb "$pkg" "$ver" "$tmp") ||
+			die "apt-get download $pkg=$ver failed: the mirror may no longer offer the cached kernel; run resources/fetch-assets.sh --force --only kernel,disk"
+	fi
+
+	# The package ships no modules.dep (its postinst runs depmod): unpack all modules and run
+	# depmod on them, then let modprobe resolve what DISK_MODULES need.
+	local full=$tmp/full
+	mkdir -p "$full"
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$full" "./lib/modules/$release"
+	rm -f "$deb"
+	[ -d "$full/lib/modules/$release/kernel" ] || die "disk: $pkg has no lib/modules/$release/kernel"
+	depmod -b "$full" "$release" || die "disk: depmod failed on $pkg's modules"
+	disk_modules "$full" "$release" "$tmp/load-order"
+
+	# The trimmed tree: those modules, the builtin lists, the load order and depmod's output for
+	# just them (so modprobe works in the guest too).
+	local mods=$tmp/mods m moddir=lib/modules/$release
+	mkdir -p "$mods/$moddir"
+	while read -r m; do
+		install -D -m 644 "$full/$moddir/$m" "$mods/$moddir/$m"
+	done <"$tmp/load-order"
+	cp "$full/$moddir"/modules.builtin "$full/$moddir"/modules.builtin.modinfo "$mods/$moddir/"
+	grep -Fx -f "$tmp/load-order" "$full/$moddir/modules.order" >"$mods/$moddir/modules.order" || true
+	depmod -b "$mods" "$release" || die "disk: depmod failed on the trimmed module tree"
+	install -m 644 "$tmp/load-order" "$mods/$moddir/irvmm-load-order"
+	rm -rf "$full"
+	local count
+	count=$(wc -l <"$tmp/load-order")
+	log "disk: $count modules: $(sed 's|.*/||; s|\.ko.*||' "$tmp/load-order" | tr '\n' ' ')"
+
+	fetch_busybox "$tmp" disk
+
+	# The initramfs: /init loads the modules and switches to the root disk.
+	local initrd=$tmp/initrd
+	mkdir -p "$initrd/newroot"
+	install -m 755 "$DISK_INIT" "$initrd/init"
+	busybox_tree "$initrd" "$tmp/pkg/bin/busybox" disk
+	cp -a "$mods/lib" "$initrd/"
+	local members
+	members=$(make_cpio "$initrd" "$tmp/initramfs-disk.cpio.gz")
+	# (grep without -q: an early exit would fail the pipeline under pipefail.)
+	gzip -dc "$tmp/initramfs-disk.cpio.gz" | cpio --quiet -t | grep -Fx "$moddir/irvmm-load-order" >/dev/null ||
+		die "disk: the initramfs lacks its module list"
+
+	# The root disk: busybox, the same modules, /sbin/init, a few /etc files.
+	local rootfs=$tmp/rootfs
+	mkdir -p "$rootfs"/{sbin,mnt,var}
+	install -m 755 "$ROOTFS_INIT" "$rootfs/sbin/init"
+	busybox_tree "$rootfs" "$tmp/pkg/bin/busybox" disk
+	cp -a "$mods/lib" "$rootfs/"
+	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
+	printf 'root:x:0:\n' >"$rootfs/etc/group"
+	printf 'irvmm\n' >"$rootfs/etc/hostname"
+	chmod 700 "$rootfs/root"
+	truncate -s "$ROOTFS_SIZE" "$tmp/rootfs.ext4"
+	# 4 KiB blocks and 256-byte inodes (a small image would get 1 KiB blocks and 128-byte inodes,
+	# whose timestamps end in 2038). Files keep the builder's owner (root when run as root).
+	mkfs.ext4 -q -F -L irvmm-root -b 4096 -I 256 -E root_owner=0:0 -d "$rootfs" "$tmp/rootfs.ext4" >&2 ||
+		die "disk: mkfs.ext4 -d failed (e2fsprogs 1.43 or later needed)"
+	e2fsck -fn "$tmp/rootfs.ext4" >/dev/null 2>&1 || die "disk: e2fsck finds errors in the new image"
+	debugfs -R 'cat /sbin/init' "$tmp/rootfs.ext4" 2>/dev/null | grep -F IRVMM-ROOT-OK >/dev/null ||
+		die "disk: the image has no /sbin/init"
+
+	rm -f "$STAMPS/disk" "$STAMPS/disk.sha256"
+	chmod 644 "$tmp/initramfs-disk.cpio.gz" "$tmp/rootfs.ext4"
+	mv -f "$tmp/initramfs-disk.cpio.gz" "$GUESTS/initramfs-disk.cpio.gz"
+	mv -f "$tmp/rootfs.ext4" "$GUESTS/rootfs.ext4"
+	{
+		printf 'recipe=%s\npackage=%s\nbusybox=%s\nmembers=%s\ncount=%s\n' \
+			"$DISK_RECIPE" "$pkg" "$BUSYBOX_VERSION" "$members" "$count"
+		printf '%s\n' "${key[@]}"
+	} | stamp_write disk initramfs-disk.cpio.gz rootfs.ext4
+	log "disk: ok, $pkg $ver, $count modules, busybox-static $BUSYBOX_VERSION ($(elapsed "$t0"))"
+}
+
 summary() {
 	local f size
 	echo "guest assets in ${GUESTS#"$REPO_ROOT"/}/:"
-	for f in probe.elf bzImage vmlinux config kernel-version initramfs.cpio.gz; do
+	for f in probe.elf bzImage vmlinux config kernel-version initramfs.cpio.gz \
+		initramfs-disk.cpio.gz rootfs.ext4; do
 		if [ -f "$GUESTS/$f" ]; then
 			size=$(stat -c %s "$GUESTS/$f")
-			printf '  %-18s %10s bytes\n' "$f" "$size"
+			printf '  %-22s %10s bytes\n' "$f" "$size"
 		else
-			printf '  %-18s %10s\n' "$f" "(absent)"
+			printf '  %-22s %10s\n' "$f" "(absent)"
 		fi
 	done
 	if [ -f "$STAMPS/kernel" ]; then
@@ -372,6 +525,9 @@ summary() {
 	fi
 	if [ -f "$STAMPS/initramfs" ]; then
 		echo "  initramfs: busybox-static $(stamp_get initramfs version)"
+	fi
+	if [ -f "$STAMPS/disk" ]; then
+		echo "  disk:      $(stamp_get disk count) modules of $(stamp_get disk package), busybox-static $(stamp_get disk busybox)"
 	fi
 }
 
@@ -389,5 +545,6 @@ START=$SECONDS
 if want probe; then step_probe; fi
 if want kernel; then step_kernel; fi
 if want initramfs; then step_initramfs; fi
+if want disk; then step_disk; fi
 summary
 log "done in $(elapsed "$START")"

@@ -3,11 +3,13 @@
 //! On the build machines (an emulating KVM without VT-x/AMD-V) Linux cannot reach user
 //! space, so these tests check what it prints first: its banner and its reading of our
 //! ACPI tables. On a host with hardware virtualization the initramfs test boots to
-//! user space; elsewhere it says why it skips.
+//! user space; elsewhere it says why it skips. The root-disk tests (end of file) boot
+//! Debian's kernel with `rootfs.ext4` as root; their assets are checked everywhere.
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
@@ -474,4 +476,542 @@ fn linux_initramfs_288_vcpus_with_amd_vi_interrupt_remapping() {
         .collect();
     assert!(trouble.is_empty(), "{trouble:?}\n{}", run.dump());
     assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The root disk: resources/fetch-assets.sh's `disk` step builds initramfs-disk.cpio.gz (the
+// kernel's virtio, ext4 and pvpanic modules and an /init that loads them and switches to
+// /dev/vda) and rootfs.ext4 (busybox, the same modules, an /sbin/init that prints
+// IRVMM-ROOT-OK, writes /root/irvmm-write-test and powers off; see resources/README.md).
+
+/// Modules (file names) the disk initramfs loads, each with some it must load before it.
+const DISK_MODULE_ORDER: [(&str, &[&str]); 8] = [
+    (
+        "virtio_pci.ko",
+        &[
+            "virtio.ko",
+            "virtio_ring.ko",
+            "virtio_pci_modern_dev.ko",
+            "virtio_pci_legacy_dev.ko",
+        ],
+    ),
+    ("virtio_blk.ko", &["virtio.ko", "virtio_ring.ko"]),
+    (
+        "virtio_net.ko",
+        &["failover.ko", "net_failover.ko", "virtio_ring.ko"],
+    ),
+    ("virtio_console.ko", &["virtio_ring.ko"]),
+    ("virtio-rng.ko", &["virtio_ring.ko"]),
+    (
+        "ext4.ko",
+        &["jbd2.ko", "mbcache.ko", "crc16.ko", "crc32c_generic.ko"],
+    ),
+    ("pvpanic-mmio.ko", &["pvpanic.ko"]),
+    ("pvpanic-pci.ko", &["pvpanic.ko"]),
+];
+/// The file the root disk's /sbin/init writes.
+const WRITE_TEST_FILE: &str = "/root/irvmm-write-test";
+
+/// The disk step's outputs and the kernel release whose modules they carry.
+struct DiskAssets {
+    release: String,
+    initramfs: PathBuf,
+    rootfs: PathBuf,
+}
+
+fn disk_assets() -> Result<DiskAssets, String> {
+    let version = std::fs::read_to_string(asset("kernel-version")?).map_err(|e| e.to_string())?;
+    let release = version
+        .lines()
+        .find_map(|l| l.strip_prefix("release="))
+        .ok_or("target/guests/kernel-version has no release= line")?
+        .to_string();
+    Ok(DiskAssets {
+        release,
+        initramfs: asset("initramfs-disk.cpio.gz")?,
+        rootfs: asset("rootfs.ext4")?,
+    })
+}
+
+/// The path of host tool `name` (searched in PATH, then /usr/sbin and /sbin, where e2fsprogs
+/// lives), or why it is missing: a failure with `IRVMM_REQUIRE_ASSETS` set (the asset script
+/// installs these tools).
+fn host_tool(name: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
+    for dir in dirs {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let why = format!("host tool {name} is missing; resources/fetch-assets.sh installs it");
+    assert!(std::env::var_os("IRVMM_REQUIRE_ASSETS").is_none(), "{why}");
+    Err(why)
+}
+
+/// Runs `cmd`, panicking unless it exits 0; its standard output.
+fn output_of(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `debugfs -R REQUEST IMAGE`'s output (debugfs reports a missing file on stderr only).
+fn debugfs(image: &Path, request: &str) -> String {
+    let debugfs = host_tool("debugfs").expect("debugfs");
+    output_of(Command::new(debugfs).arg("-R").arg(request).arg(image))
+}
+
+/// `cpio ARGS` on the decompressed contents of the gzip-compressed `archive`.
+fn cpio_of(archive: &Path, args: &[&str]) -> String {
+    let mut gzip = Command::new(host_tool("gzip").expect("gzip"))
+        .arg("-dc")
+        .arg(archive)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn gzip");
+    let stdout = gzip.stdout.take().expect("gzip stdout");
+    let out = output_of(
+        Command::new(host_tool("cpio").expect("cpio"))
+            .arg("--quiet")
+            .args(args)
+            .stdin(stdout),
+    );
+    assert!(gzip.wait().expect("wait gzip").success(), "gzip -dc failed");
+    out
+}
+
+/// A directory of its own under the system's temporary directory, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(test: &str) -> ScratchDir {
+        let dir = std::env::temp_dir().join(format!("irvmm-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        ScratchDir(dir)
+    }
+
+    /// A private copy of the root-disk image (a boot writes to it; the asset stays intact).
+    fn rootfs_copy(&self, assets: &DiskAssets) -> PathBuf {
+        let copy = self.0.join("rootfs.ext4");
+        std::fs::copy(&assets.rootfs, &copy).expect("copy rootfs.ext4");
+        copy
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Everything the user-space root-disk tests need, or why they cannot run.
+fn root_disk_or_skip(test: &str) -> Option<(PathBuf, DiskAssets)> {
+    require_hardware_virtualization();
+    let kernel = kernel_or_skip(test, "bzImage")?;
+    match disk_assets().and_then(|a| host_tool("debugfs").map(|_| a)) {
+        Ok(a) => Some((kernel, a)),
+        Err(why) => {
+            skip(test, &why);
+            None
+        }
+    }
+}
+
+/// Boots Debian's kernel with the disk initramfs and `disk` as root, `cmdline_extra` added
+/// to the kernel command line and `extra` irvmm arguments, until the VM exits.
+fn boot_root_disk(
+    kernel: &Path,
+    assets: &DiskAssets,
+    disk: Option<&Path>,
+    cmdline_extra: &str,
+    extra: &[&str],
+) -> GuestRun {
+    let cmdline = format!("console=ttyS0 root=/dev/vda rw panic=-1 {cmdline_extra}");
+    let disk_arg = disk.map(|d| format!("path={}", d.display()));
+    let mut args = vec![
+        "--kernel",
+        kernel.to_str().expect("utf-8 path"),
+        "--initramfs",
+        assets.initramfs.to_str().expect("utf-8 path"),
+        "--cmdline",
+        &cmdline,
+        "--cpus",
+        "2",
+        "--memory",
+        "512M",
+    ];
+    if let Some(d) = &disk_arg {
+        args.extend(["--disk", d.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    run_guest(&args, Duration::from_secs(300), None)
+}
+
+/// The assets the disk step wrote are what the boot tests expect: the initramfs holds
+/// busybox, /init and the modules in dependency order; the image is a clean ext4 file system
+/// with busybox, /sbin/init and the same modules with depmod's index. Needs no KVM.
+#[test]
+fn linux_disk_assets_are_well_formed() {
+    let test = "linux_disk_assets_are_well_formed";
+    let tools = ["debugfs", "e2fsck", "cpio", "gzip"].map(host_tool);
+    if let Some(Err(why)) = tools.iter().find(|t| t.is_err()) {
+        return skip(test, why);
+    }
+    let assets = match disk_assets() {
+        Ok(a) => a,
+        Err(why) => return skip(test, &why),
+    };
+    let moddir = format!("lib/modules/{}", assets.release);
+
+    // The initramfs.
+    let members = cpio_of(&assets.initramfs, &["-t"]);
+    let members: Vec<&str> = members.lines().collect();
+    let order_member = format!("{moddir}/irvmm-load-order");
+    for m in [
+        "init",
+        "bin/busybox",
+        "bin/sh",
+        "sbin/insmod",
+        "sbin/switch_root",
+        "newroot",
+        &order_member,
+        &format!("{moddir}/modules.dep"),
+    ] {
+        assert!(members.contains(&m), "initramfs lacks {m}: {members:?}");
+    }
+    let init = cpio_of(&assets.initramfs, &["-i", "--to-stdout", "init"]);
+    assert!(init.contains("switch_root"), "unexpected /init:\n{init}");
+    let order = cpio_of(&assets.initramfs, &["-i", "--to-stdout", &order_member]);
+    let order: Vec<&str> = order.lines().collect();
+    for m in &order {
+        let member = format!("{moddir}/{m}");
+        assert!(
+            members.contains(&member.as_str()),
+            "initramfs lacks {member}"
+        );
+    }
+    let position = |name: &str| {
+        order
+            .iter()
+            .position(|m| m.rsplit('/').next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} is not in the load order {order:?}"))
+    };
+    for (module, before) in DISK_MODULE_ORDER {
+        for b in before {
+            assert!(
+                position(b) < position(module),
+                "{b} must load before {module}: {order:?}"
+            );
+        }
+    }
+
+    // The root disk.
+    let e2fsck = host_tool("e2fsck").expect("e2fsck");
+    output_of(Command::new(e2fsck).arg("-fn").arg(&assets.rootfs));
+    let stats = debugfs(&assets.rootfs, "stats");
+    assert!(stats.contains("irvmm-root"), "volume label:\n{stats}");
+    for feature in ["has_journal", "extent"] {
+        assert!(stats.contains(feature), "no {feature}:\n{stats}");
+    }
+    let init = debugfs(&assets.rootfs, "cat /sbin/init");
+    assert!(
+        init.contains("IRVMM-ROOT-OK"),
+        "unexpected /sbin/init:\n{init}"
+    );
+    let busybox = debugfs(&assets.rootfs, "stat /bin/busybox");
+    assert!(
+        busybox.contains("Type: regular"),
+        "/bin/busybox:\n{busybox}"
+    );
+    let dep = debugfs(&assets.rootfs, &format!("cat /{moddir}/modules.dep"));
+    for m in [
+        "kernel/fs/ext4/ext4.ko:",
+        "kernel/drivers/block/virtio_blk.ko:",
+    ] {
+        assert!(dep.contains(m), "modules.dep lacks {m}:\n{dep}");
+    }
+    let disk_order = debugfs(&assets.rootfs, &format!("cat /{order_member}"));
+    assert_eq!(
+        disk_order.lines().collect::<Vec<_>>(),
+        order,
+        "the image's module list differs from the initramfs's"
+    );
+}
+
+/// Here (no hardware virtualization) Linux stops long before it probes PCI, so this checks
+/// what it does see: irvmm starts the kernel with the disk initramfs and a root disk
+/// attached, and the kernel reserves the whole initramfs ("RAMDISK: [mem A-B]").
+#[test]
+fn linux_root_disk_boot_gets_its_initramfs() {
+    let test = "linux_root_disk_boot_gets_its_initramfs";
+    let Some(kernel) = kernel_or_skip(test, "vmlinux") else {
+        return;
+    };
+    let assets = match disk_assets() {
+        Ok(a) => a,
+        Err(why) => return skip(test, &why),
+    };
+    let scratch = ScratchDir::new(test);
+    let disk = format!("path={}", scratch.rootfs_copy(&assets).display());
+    let done = |lines: &[String]| lines.iter().any(|l| l.contains("smpboot: Allowing"));
+    let run = early_boot(
+        &kernel,
+        "1",
+        &[
+            "--initramfs",
+            assets.initramfs.to_str().expect("utf-8 path"),
+            "--disk",
+            &disk,
+        ],
+        Duration::from_secs(600),
+        &done,
+    );
+    assert!(run.saw("smpboot: Allowing 1 CPUs"), "{}", run.dump());
+    let range = run
+        .lines
+        .iter()
+        .find_map(|l| l.split("RAMDISK: [mem ").nth(1))
+        .unwrap_or_else(|| panic!("no RAMDISK line\n{}", run.dump()));
+    let (start, end) = range
+        .trim_end_matches(']')
+        .split_once('-')
+        .expect("RAMDISK range");
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex");
+    let reserved = hex(end) + 1 - hex(start);
+    let size = std::fs::metadata(&assets.initramfs).expect("size").len();
+    assert!(
+        (size..size + 4096).contains(&reserved),
+        "RAMDISK spans {reserved} bytes, initramfs-disk.cpio.gz has {size}\n{}",
+        run.dump()
+    );
+}
+
+/// Debian's kernel mounts the root disk and runs its /sbin/init: the initramfs loaded every
+/// module, each virtio device (disk, console, entropy) is bound to its driver, the guest's
+/// file is in the image after power-off (read with debugfs on the host), and irvmm exits 0.
+#[test]
+#[ignore = "needs hardware virtualization (VT-x/AMD-V): run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
+fn linux_root_disk_reaches_user_space_and_writes() {
+    let test = "linux_root_disk_reaches_user_space_and_writes";
+    let Some((kernel, assets)) = root_disk_or_skip(test) else {
+        return;
+    };
+    let scratch = ScratchDir::new(test);
+    let disk = scratch.rootfs_copy(&assets);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let token = format!("t{}n{nanos}", std::process::id());
+    let run = boot_root_disk(
+        &kernel,
+        &assets,
+        Some(&disk),
+        &format!("irvmm.token={token}"),
+        &["--console", "virtio", "--rng"],
+    );
+    let loaded = DISK_MODULE_ORDER.len();
+    assert!(
+        run.lines.iter().any(|l| l
+            .split("IRVMM-INITRD: loaded ")
+            .nth(1)
+            .and_then(|n| n.split_whitespace().next()?.parse::<usize>().ok())
+            .is_some_and(|n| n >= loaded)),
+        "the initramfs did not load its modules\n{}",
+        run.dump()
+    );
+    let failed: Vec<&String> = run
+        .lines
+        .iter()
+        .filter(|l| l.contains("IRVMM-INITRD: insmod") && !l.contains("crc32c-intel"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}\n{}", run.dump());
+    assert!(run.saw("[vda]"), "virtio-blk found no disk\n{}", run.dump());
+    assert!(
+        run.saw("IRVMM-ROOT-OK root=/dev/vda mode=rw"),
+        "{}",
+        run.dump()
+    );
+    let virtio = run
+        .lines
+        .iter()
+        .find(|l| l.contains("IRVMM-ROOT: virtio devices:"))
+        .unwrap_or_else(|| panic!("no virtio device list\n{}", run.dump()));
+    for driver in ["virtio_blk", "virtio_console", "virtio_rng"] {
+        assert!(
+            virtio.contains(&format!("={driver}")),
+            "{driver} is not bound: {virtio}"
+        );
+    }
+    assert!(!run.saw("IRVMM-ROOT-FAIL"), "{}", run.dump());
+    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+    let written = debugfs(&disk, &format!("cat {WRITE_TEST_FILE}"));
+    assert!(
+        written.contains(&format!(
+            "IRVMM-WRITE token={token} kernel={}",
+            assets.release
+        )),
+        "{WRITE_TEST_FILE} in the image reads {written:?}"
+    );
+}
+
+/// Panics reach irvmm through both pvpanic transports Linux drives (pvpanic-mmio for the
+/// ISA device, pvpanic-pci): the root disk's init crashes the kernel on request, and irvmm
+/// exits 123. An initramfs that finds no root disk says so and panics the same way.
+#[test]
+#[ignore = "needs hardware virtualization (VT-x/AMD-V): run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
+fn linux_root_disk_panics_exit_123() {
+    let test = "linux_root_disk_panics_exit_123";
+    let Some((kernel, assets)) = root_disk_or_skip(test) else {
+        return;
+    };
+    let scratch = ScratchDir::new(test);
+    for pvpanic in ["isa", "pci"] {
+        let disk = scratch.rootfs_copy(&assets);
+        let run = boot_root_disk(
+            &kernel,
+            &assets,
+            Some(&disk),
+            "irvmm.panic=1",
+            &["--pvpanic", pvpanic],
+        );
+        assert!(run.saw("IRVMM-ROOT-OK"), "{pvpanic}: {}", run.dump());
+        assert!(
+            run.saw("Kernel panic - not syncing: sysrq triggered crash"),
+            "{pvpanic}: {}",
+            run.dump()
+        );
+        assert_eq!(run.code(), Some(123), "{pvpanic}: {}", run.dump());
+    }
+    let run = boot_root_disk(&kernel, &assets, None, "irvmm.rootwait=2", &[]);
+    assert!(
+        run.saw("IRVMM-INITRD-FAIL: root device /dev/vda did not appear"),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(run.code(), Some(123), "{}", run.dump());
+}
+
+/// A network namespace of the test's own holding a tap with the host side's address;
+/// deleted (tap included) when dropped.
+struct NetNs {
+    name: String,
+    tap: String,
+}
+
+impl NetNs {
+    /// Creates it, or says why it cannot (`ip` missing, no CAP_SYS_ADMIN/CAP_NET_ADMIN).
+    fn create(host_addr: &str) -> Result<NetNs, String> {
+        let ip = host_tool("ip")?;
+        let id = std::process::id();
+        let name = format!("irvmm-linux-{id}");
+        let out = Command::new(&ip)
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot create a network namespace (ip netns add: {}); run as root or with CAP_SYS_ADMIN and CAP_NET_ADMIN",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let ns = NetNs {
+            name,
+            tap: format!("irvmmlb{}", id % 100_000),
+        };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns.exec(&[
+            "ip", "tuntap", "add", "dev", &ns.tap, "mode", "tap", "vnet_hdr",
+        ]);
+        ns.exec(&["ip", "addr", "add", host_addr, "dev", &ns.tap]);
+        ns.exec(&["ip", "link", "set", &ns.tap, "up"]);
+        Ok(ns)
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        output_of(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(args),
+        )
+    }
+
+    /// Runs `f` on a thread that has entered the namespace: processes it starts (irvmm) live
+    /// in it.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                // SAFETY: setns on a descriptor we own; it changes only this thread's namespace.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("namespace thread")
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ip", "link", "del", &self.tap])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// virtio-net to user space: the guest's eth0 (virtio_net) pings the host side of a tap in
+/// a network namespace the test creates (so the host's own network is untouched). Needs
+/// root (or CAP_SYS_ADMIN and CAP_NET_ADMIN) besides hardware virtualization.
+#[test]
+#[ignore = "needs hardware virtualization (VT-x/AMD-V) and root: run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
+fn linux_root_disk_pings_over_tap() {
+    let test = "linux_root_disk_pings_over_tap";
+    let Some((kernel, assets)) = root_disk_or_skip(test) else {
+        return;
+    };
+    let ns = match NetNs::create("10.0.0.1/24") {
+        Ok(ns) => ns,
+        Err(why) => {
+            assert!(std::env::var_os("IRVMM_REQUIRE_ASSETS").is_none(), "{why}");
+            return skip(test, &why);
+        }
+    };
+    let scratch = ScratchDir::new(test);
+    let disk = scratch.rootfs_copy(&assets);
+    let net = format!("tap={},mac=52:54:00:12:34:56", ns.tap);
+    let run = ns.run(|| {
+        boot_root_disk(
+            &kernel,
+            &assets,
+            Some(&disk),
+            "irvmm.ping=10.0.0.1/10.0.0.2",
+            &["--net", &net],
+        )
+    });
+    assert!(
+        run.saw("IRVMM-ROOT: eth0 52:54:00:12:34:56 10.0.0.2/24"),
+        "{}",
+        run.dump()
+    );
+    assert!(run.saw("IRVMM-PING-OK peer=10.0.0.1"), "{}", run.dump());
+    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+    let stats = ns.exec(&["ip", "-s", "link", "show", &ns.tap]);
+    assert!(stats.contains("RX:"), "{stats}");
 }
