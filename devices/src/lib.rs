@@ -6,6 +6,7 @@
 //! requests to stop the VM through [`VmExitHandler`]. Their DMA goes through a
 //! [`dma::DmaTranslator`] (the platform's IOMMU, or identity without one).
 
+pub mod acpi_pm;
 pub mod dma;
 pub mod ioapic;
 pub mod legacy;
@@ -15,8 +16,9 @@ pub mod serial;
 #[cfg(test)]
 mod test_utils;
 
+pub use acpi_pm::AcpiPm1;
 pub use ioapic::{IoApic, IoApicSink, RedirectionEntry};
-pub use legacy::{AcpiPmControl, DebugExit, ResetControl};
+pub use legacy::{DebugExit, ResetControl};
 pub use pvpanic::{PvPanic, PvPanicIsa};
 pub use serial::{IoApicPinTrigger, SerialDevice, SerialError, TriggerError};
 

@@ -23,6 +23,25 @@ const ACPI_LINES: [&str; 3] = [
     "ACPI: APIC",
     "Using ACPI (MADT) for SMP configuration",
 ];
+/// What Linux says about the platform before this KVM's int3 stop: the ECAM window reserved
+/// in the e820 map (so it can use MMCONFIG early), the FACS of a platform with ACPI fixed
+/// hardware, LINT1 wired to NMI, the SCI's override, and COM1's ISA IRQ 4 routed from I/O
+/// APIC pin 4 to Linux IRQ 4. The last is a KERN_DEBUG line of `apic=verbose`; on a
+/// hardware-reduced platform Linux has no legacy IRQs and prints " apic 0 pin 4 not
+/// connected" instead (COM1 then becomes IRQ 24 once its driver asks).
+const PLATFORM_LINES: [&str; 5] = [
+    "BIOS-e820: [mem 0x00000000b0000000-0x00000000bfffffff] reserved",
+    "ACPI: FACS",
+    "ACPI: LAPIC_NMI (acpi_id[0xff] high edge lint[0x1])",
+    "ACPI: INT_SRC_OVR (bus 0 bus_irq 9 global_irq 9 high level)",
+    "IOAPIC[0]: Preconfigured routing entry (0-4 -> IRQ 4 Level:0 ActiveLow:0)",
+];
+/// The routing line for COM1's pin, printed once Linux sets up its I/O APIC.
+const COM1_ROUTING: &str = "(0-4 -> IRQ";
+/// What Linux prints instead when it has no legacy IRQ for pin 4.
+const COM1_UNROUTED: &str = "apic 0 pin 4 not connected";
+/// Makes Linux print its I/O APIC routing (KERN_DEBUG lines, hence `ignore_loglevel`).
+const APIC_VERBOSE: &str = "apic=verbose ignore_loglevel";
 /// The features this KVM cannot emulate (see the build-machine notes).
 const CPU_FEATURES: &str = "-cx16,-xsave";
 /// `earlyprintk` makes Linux print from its first instructions instead of buffering until
@@ -57,13 +76,25 @@ fn early_boot(
     deadline: Duration,
     done: StopWhen,
 ) -> GuestRun {
+    early_boot_cmdline(kernel, cpus, CMDLINE, extra, deadline, done)
+}
+
+/// [`early_boot`] with the command line `cmdline`.
+fn early_boot_cmdline(
+    kernel: &Path,
+    cpus: &str,
+    cmdline: &str,
+    extra: &[&str],
+    deadline: Duration,
+    done: StopWhen,
+) -> GuestRun {
     let mut args = vec![
         "--kernel",
         kernel.to_str().expect("utf-8 path"),
         "--cpu-features",
         CPU_FEATURES,
         "--cmdline",
-        CMDLINE,
+        cmdline,
         "--cpus",
         cpus,
         "--memory",
@@ -77,12 +108,18 @@ fn banner_and_acpi(test: &str, image: &str) {
     let Some(kernel) = kernel_or_skip(test, image) else {
         return;
     };
-    let done = |lines: &[String]| lines.iter().any(|l| l.contains("smpboot: Allowing"));
-    let run = early_boot(&kernel, "2", &[], Duration::from_secs(600), &done);
+    let done = |lines: &[String]| {
+        lines
+            .iter()
+            .any(|l| l.contains(COM1_ROUTING) || l.contains(COM1_UNROUTED))
+    };
+    let cmdline = format!("{CMDLINE} {APIC_VERBOSE}");
+    let run = early_boot_cmdline(&kernel, "2", &cmdline, &[], Duration::from_secs(600), &done);
     assert!(run.saw("Linux version"), "no banner\n{}", run.dump());
-    for l in ACPI_LINES {
+    for l in ACPI_LINES.iter().chain(&PLATFORM_LINES) {
         assert!(run.saw(l), "missing '{l}'\n{}", run.dump());
     }
+    assert!(!run.saw(COM1_UNROUTED), "{}", run.dump());
     assert!(run.saw("smpboot: Allowing 2 CPUs"), "{}", run.dump());
     assert!(!run.timed_out, "{}", run.dump());
 }

@@ -125,3 +125,167 @@ fn triple_fault_is_reported_with_rip() {
         run.stderr
     );
 }
+
+/// The `key=value` fields of the last line starting with `prefix`.
+fn fields(lines: &[String], prefix: &str) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .rfind(|l| l.starts_with(prefix))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn field<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Features the cpuid tests hide: two this KVM family shows the guest anyway (popcnt, SMAP:
+/// README, "Known host quirks") and one every KVM hides when told (the TSC deadline timer).
+const HIDDEN: &str = "-popcnt,-smap,-tsc_deadline_timer";
+
+/// `probe=cpuid`: every vCPU sees the same leaves, and each feature `--cpu-features` hid is
+/// either hidden from the guest or named in irvmm's warning that the host's KVM shows it
+/// anyway (the build machines' emulating KVM ignores KVM_SET_CPUID2 for leaf 7 and for
+/// popcnt in leaf 1, as it does for QEMU). A hidden SMAP must also be refused in CR4.
+#[test]
+fn probe_cpuid_shows_hidden_features_only_with_a_warning() {
+    let test = "probe_cpuid_shows_hidden_features_only_with_a_warning";
+    let run = match run_probe(
+        "cpuid",
+        &["--cpus", "4", "--memory", "64M", "--cpu-features", HIDDEN],
+    ) {
+        Ok(r) => r,
+        Err(why) => return skip(test, &why),
+    };
+    assert_probe_pass(&run, "cpuid", &["cpus=4"]);
+    let summary = fields(&run.lines, "cpuid: popcnt=");
+    assert_eq!(
+        field(&summary, "tsc_deadline"),
+        Some("0"),
+        "tsc_deadline_timer hidden\n{}",
+        run.dump()
+    );
+    assert_eq!(field(&summary, "x2apic"), Some("1"), "{}", run.dump());
+    let pass = fields(&run.lines, "PROBE PASS cpuid");
+    for name in ["popcnt", "smap"] {
+        let seen = field(&pass, name).unwrap_or_else(|| panic!("no {name}=\n{}", run.dump()));
+        let warned = run.stderr.lines().any(|l| {
+            l.contains("--cpu-features: this host's KVM shows the guest") && l.contains(name)
+        });
+        match seen {
+            "0" => assert!(!warned, "{name} hidden, yet irvmm warned\n{}", run.dump()),
+            _ => {
+                assert!(
+                    warned,
+                    "{name} seen by the guest without irvmm's warning\n{}",
+                    run.dump()
+                );
+                eprintln!(
+                    "OBSERVED {test}: this host's KVM shows the guest {name} although irvmm hid it"
+                );
+            }
+        }
+    }
+    if field(&pass, "smap") == Some("0") {
+        assert_eq!(field(&pass, "cr4_smap"), Some("gp"), "{}", run.dump());
+    }
+}
+
+/// QEMU 7.2 with `-cpu host,-popcnt,-smap`, running `probe=cpuid`: its PASS line's fields,
+/// or why it cannot run here.
+fn qemu_cpuid() -> Result<Vec<(String, String)>, String> {
+    kvm_available()?;
+    let probe = asset("probe.elf")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let Some(qemu) = std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+    else {
+        return Err("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into());
+    };
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(qemu)
+        .args([
+            "-accel",
+            "kvm",
+            "-M",
+            "q35,kernel-irqchip=split",
+            "-cpu",
+            "host,-popcnt,-smap",
+            "-smp",
+            "2",
+            "-m",
+            "128M",
+            "-nographic",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0x501,iosize=2",
+            "-kernel",
+        ])
+        .arg(probe)
+        .args(["-append", "probe=cpuid"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("spawn qemu: {e}"))?;
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("PROBE PASS cpuid")),
+        "QEMU: {lines:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(fields(&lines, "PROBE PASS cpuid"))
+}
+
+/// The same probe on QEMU 7.2 (`-cpu host,-popcnt,-smap`) and on irvmm
+/// (`--cpu-features -popcnt,-smap`): the guest sees popcnt and SMAP on both or on neither,
+/// so whatever it sees is the host's doing, not irvmm's.
+#[test]
+fn probe_cpuid_hidden_features_match_qemu() {
+    let test = "probe_cpuid_hidden_features_match_qemu";
+    let qemu = match qemu_cpuid() {
+        Ok(f) => f,
+        Err(why) => return skip(test, &why),
+    };
+    let run = match run_probe(
+        "cpuid",
+        &[
+            "--cpus",
+            "2",
+            "--memory",
+            "64M",
+            "--cpu-features",
+            "-popcnt,-smap",
+        ],
+    ) {
+        Ok(r) => r,
+        Err(why) => return skip(test, &why),
+    };
+    assert_probe_pass(&run, "cpuid", &["cpus=2"]);
+    let irvmm = fields(&run.lines, "PROBE PASS cpuid");
+    for key in ["popcnt", "smap", "cr4_smap", "vendor"] {
+        assert_eq!(
+            field(&irvmm, key),
+            field(&qemu, key),
+            "{key}: irvmm {irvmm:?} QEMU {qemu:?}"
+        );
+    }
+}

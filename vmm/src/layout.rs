@@ -99,10 +99,15 @@ pub const COM1_PORT_COUNT: u64 = 8;
 pub const DEBUG_EXIT_PORT: u16 = 0x501;
 /// Number of debug-exit ports.
 pub const DEBUG_EXIT_PORT_COUNT: u64 = 2;
-/// ACPI PM block: FADT sleep control (+0) and sleep status (+1) registers.
+/// ACPI PM registers, where q35 has them: the PM1a event block (PM1_STS, PM1_EN) at +0 and
+/// the PM1a control block (PM1_CNT) at +4.
 pub const ACPI_PM_PORT: u16 = 0x600;
-/// Number of ports of the ACPI PM block.
-pub const ACPI_PM_PORT_COUNT: u64 = 2;
+/// The FADT's PM1a_EVT_BLK (4 ports).
+pub const ACPI_PM1A_EVT_PORT: u16 = ACPI_PM_PORT;
+/// The FADT's PM1a_CNT_BLK (2 ports).
+pub const ACPI_PM1A_CNT_PORT: u16 = ACPI_PM_PORT + 4;
+/// Number of ports of the ACPI PM registers.
+pub const ACPI_PM_PORT_COUNT: u64 = 6;
 /// Reset control register (also the FADT reset register).
 pub const RESET_PORT: u16 = 0xcf9;
 /// Value the FADT tells the guest to write to the reset register.

@@ -13,6 +13,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
     ACPI_END, ACPI_START, EBDA_START, HIGH_RAM_BASE, HIGH_RAM_START, LOW_MEM_START, LOW_RAM_END,
+    PCIE_ECAM_SIZE, PCIE_ECAM_START,
 };
 
 /// Smallest guest RAM irvmm accepts: room for the boot structures and a small kernel.
@@ -106,7 +107,11 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     Ok(GuestMemoryMmap::from_ranges_with_files(&ranges)?)
 }
 
-/// The memory map the guest sees (e820 for bzImage, the PVH memmap for ELF kernels).
+/// The memory map the guest sees (e820 for bzImage, the PVH memmap for ELF kernels), in
+/// address order: RAM below the EBDA, the legacy area with the ACPI tables (reserved), RAM
+/// from 1 MiB, the PCIe ECAM window (reserved, as firmware reserves MMCONFIG: Linux uses the
+/// MCFG's window early only when the e820 map reserves it, and says "PCI: not using
+/// MMCONFIG" otherwise), RAM above 4 GiB.
 pub fn memory_map(size: u64) -> Vec<MemoryMapEntry> {
     let low_end = size.min(LOW_RAM_END);
     let mut map = vec![
@@ -124,6 +129,11 @@ pub fn memory_map(size: u64) -> Vec<MemoryMapEntry> {
             addr: HIGH_RAM_START,
             size: low_end - HIGH_RAM_START,
             kind: MemoryKind::Ram,
+        },
+        MemoryMapEntry {
+            addr: PCIE_ECAM_START,
+            size: PCIE_ECAM_SIZE,
+            kind: MemoryKind::Reserved,
         },
     ];
     if size > low_end {
@@ -170,8 +180,35 @@ mod tests {
         let r = ram_regions(256 << 20);
         assert_eq!(r, vec![(GuestAddress(0), 256 << 20)]);
         let m = memory_map(256 << 20);
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 4);
         assert_eq!(m[2].addr + m[2].size, 256 << 20);
+    }
+
+    /// The ECAM window is reserved in every map, between low RAM and 4 GiB, and it is the
+    /// window the MCFG and the DSDT's PNP0C02 describe: base 0xb0000000, one MiB per bus
+    /// for buses 0..=PCIE_ECAM_END_BUS.
+    #[test]
+    fn ecam_window_is_reserved() {
+        use crate::layout::{PCIE_ECAM_END_BUS, PCI_MMIO_START};
+        let ecam_bus_shift = 20;
+        assert_eq!(
+            PCIE_ECAM_SIZE,
+            (u64::from(PCIE_ECAM_END_BUS) + 1) << ecam_bus_shift
+        );
+        for size in [MIN_MEMORY, 256 << 20, LOW_RAM_END, 4 << 30, 64 << 30] {
+            let m = memory_map(size);
+            let ecam: Vec<_> = m
+                .iter()
+                .filter(|e| e.kind == MemoryKind::Reserved && e.addr == PCIE_ECAM_START)
+                .collect();
+            assert_eq!(ecam.len(), 1, "{size:#x}: {m:?}");
+            assert_eq!(ecam[0].size, 0x1000_0000);
+            assert!(ecam[0].addr + ecam[0].size <= PCI_MMIO_START);
+            // In address order, no overlaps, RAM never inside the window.
+            for w in m.windows(2) {
+                assert!(w[0].addr + w[0].size <= w[1].addr, "{size:#x}: {m:?}");
+            }
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use devices::pci::{
     PciEcam, PciRoot, PciWindow, SharedPciFunction,
 };
 use devices::serial::{IoApicPinTrigger, SerialDevice, SerialEvents};
-use devices::{AcpiPmControl, DebugExit, IoApic, PvPanicIsa, ResetControl, VmExitHandler};
+use devices::{AcpiPm1, DebugExit, IoApic, PvPanicIsa, ResetControl, VmExitHandler};
 use kvm_ioctls::VmFd;
 use virtual_iommu::amd::pci::ADDRESS_BITS as AMDVI_ADDRESS_BITS;
 use virtual_iommu::amd::{AmdViConfig, AmdViUnit};
@@ -354,7 +354,7 @@ pub fn build(
     pio.insert(
         u64::from(ACPI_PM_PORT),
         ACPI_PM_PORT_COUNT,
-        Arc::new(Mutex::new(AcpiPmControl::new(handler.clone()))),
+        Arc::new(Mutex::new(AcpiPm1::new(handler.clone()))),
     )?;
     pio.insert(
         u64::from(RESET_PORT),

@@ -30,6 +30,15 @@ pub enum AmlError {
     /// A Package has more elements than its 8-bit NumElements can count.
     #[error("AML package with {0} elements (at most 255)")]
     TooManyElements(usize),
+    /// A method argument number or count above 6 (`Arg0`..`Arg6`, at most 7 arguments).
+    #[error("AML method argument {0} out of range (Arg0-Arg6)")]
+    InvalidArg(u8),
+    /// A local variable number above 7 (`Local0`..`Local7`).
+    #[error("AML local {0} out of range (Local0-Local7)")]
+    InvalidLocal(u8),
+    /// A UUID string is not of the form `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (hex digits).
+    #[error("invalid UUID {0:?}")]
+    InvalidUuid(String),
 }
 
 const ZERO_OP: u8 = 0x00;

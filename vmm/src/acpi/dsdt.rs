@@ -1,8 +1,8 @@
 //! Differentiated System Description Table (ACPI 6.3 §5.2.11.1): hand-encoded AML.
 //!
 //! Contents:
-//! - `Name(_S5, Package(){5, 0, 0, 0})` at the root: on a hardware-reduced platform OSPM
-//!   powers off by writing SLP_TYP = 5 (with SLP_EN) to the FADT's SLEEP_CONTROL_REG.
+//! - `Name(_S5, Package(){5, 0, 0, 0})` at the root: OSPM powers off by writing SLP_TYP = 5
+//!   (with SLP_EN) to the FADT's PM1a_CNT.
 //! - Under `\_SB`, one processor device per vCPU: `Device(Cnnn){Name(_HID, "ACPI0007")
 //!   Name(_UID, i)}` (nnn = i in hex). §5.2.12.12 requires a processor device for every
 //!   x2APIC entry; OSPM matches `_UID` against the MADT's processor UIDs.
@@ -11,8 +11,10 @@
 //! - Under `\_SB`, when the platform has PCI: `PCI0` (`PNP0A08`, compatible `PNP0A03`),
 //!   whose `_CRS` produces the bus range, the config ports, the I/O space around them and the
 //!   32-bit MMIO window, and whose `_PRT` routes passed-through devices' INTx pins to
-//!   IOAPIC inputs 16..23; and `MRES` (`PNP0C02`), which reserves the ECAM window so an OS
-//!   trusts the MCFG.
+//!   IOAPIC inputs 16..23, and whose `_OSC` grants the OS native control of PCI Express
+//!   hot-plug, PME, AER and the capability structure ([`super::osc`]); and `MRES`
+//!   (`PNP0C02`), which reserves the ECAM window so an OS trusts the MCFG (the e820/PVH memory
+//!   map reserves it too).
 //! - Under `\_SB`, when the platform has the ISA pvpanic device: `PEVT` (`_HID "QEMU0001"`,
 //!   as QEMU names it) whose `_CRS` is its one I/O port: Linux's `pvpanic-mmio` driver binds
 //!   that ACPI ID and takes the first I/O or memory resource as its register.
@@ -144,6 +146,7 @@ fn pci_devices(pci: &PciHostConfig) -> Result<Vec<Box<dyn Aml>>, AcpiError> {
             Box::new(Name::new("_UID", 0u8)?),
             Box::new(Name::new("_CRS", crs)?),
             Box::new(Name::new("_PRT", prt(pci))?),
+            Box::new(super::osc::pci_host_bridge_osc()?),
         ],
     )?;
     let buses = u32::from(pci.ecam.end_bus) - u32::from(pci.ecam.start_bus) + 1;

@@ -1,24 +1,27 @@
-//! ACPI tables for irvmm's guests: RSDP, XSDT, FADT (hardware-reduced), DSDT and MADT, laid out
+//! ACPI tables for irvmm's guests: RSDP, XSDT, FADT, FACS, DSDT and MADT, laid out
 //! in a guest-physical window (normally 0xe0000..0x100000, where a legacy scan finds the RSDP).
 //!
 //! Pure data: [`build`] returns the bytes and where each blob goes; the caller writes them
 //! into guest memory. Each table is built by its own module on top of the [`sdt::Sdt`] builder;
 //! the DSDT's AML comes from the small encoder in [`aml`].
 //!
-//! Layout: the RSDP at `base`, then the XSDT, FADT, DSDT and every other XSDT-listed table,
-//! each starting on a 16-byte boundary. Tables whose bytes do not depend on other tables'
+//! Layout: the RSDP at `base`, then the XSDT, FADT, FACS (64-byte aligned), DSDT and every
+//! other XSDT-listed table, each other one starting on a 16-byte boundary. Tables whose bytes do not depend on other tables'
 //! addresses (DSDT, MADT, ...) are built first; the XSDT and FADT have fixed sizes, so they are
 //! built last, once every address is known. To add a table, build it in [`build`] and push
 //! it onto the list of XSDT-listed tables there (MADT, then MCFG, DMAR and IVRS when
 //! configured).
 
 pub mod aml;
+pub mod aml_code;
 pub mod dmar;
 pub mod dsdt;
+pub mod facs;
 pub mod fadt;
 pub mod ivrs;
 pub mod madt;
 pub mod mcfg;
+pub mod osc;
 pub mod resources;
 pub mod root;
 pub mod sdt;
@@ -80,6 +83,9 @@ pub enum AcpiError {
         /// Its length.
         len: usize,
     },
+    /// The I/O APIC's GSI base leaves no room for the SCI's GSI.
+    #[error("I/O APIC GSI base {0} leaves no GSI for the SCI")]
+    InvalidGsiBase(u32),
     /// The ECAM window must lie below 4 GiB to be reserved with Memory32Fixed.
     #[error("ECAM window at {0:#x} is above 4 GiB")]
     EcamAbove4G(u64),
@@ -127,10 +133,10 @@ pub struct AcpiConfig {
     pub ioapic_gsi_base: u32,
     /// Local APIC MMIO base, normally 0xfee0_0000.
     pub lapic_addr: u32,
-    /// I/O port of the FADT SLEEP_CONTROL_REG (8-bit), normally 0x600.
-    pub sleep_control_port: u16,
-    /// I/O port of the FADT SLEEP_STATUS_REG (8-bit), normally 0x601.
-    pub sleep_status_port: u16,
+    /// First I/O port of the PM1a event block (PM1_STS, PM1_EN: 4 ports), normally 0x600.
+    pub pm1a_event_port: u16,
+    /// First I/O port of the PM1a control block (PM1_CNT: 2 ports), normally 0x604.
+    pub pm1a_control_port: u16,
     /// I/O port of the FADT RESET_REG (8-bit), normally 0xcf9.
     pub reset_port: u16,
     /// Value written to RESET_REG to reset, normally 0x06.
@@ -159,8 +165,8 @@ impl Default for AcpiConfig {
             ioapic_addr: 0xfec0_0000,
             ioapic_gsi_base: 0,
             lapic_addr: 0xfee0_0000,
-            sleep_control_port: 0x600,
-            sleep_status_port: 0x601,
+            pm1a_event_port: 0x600,
+            pm1a_control_port: 0x604,
             reset_port: 0xcf9,
             reset_value: 0x06,
             serial: Some((0x3f8, 4)),
@@ -202,7 +208,7 @@ pub struct AcpiTables {
     /// Guest physical address of the RSDP (the `base` given to [`build`]).
     pub rsdp_addr: u64,
     /// (guest physical address, bytes) of each blob: the RSDP first, then the XSDT, FADT,
-    /// DSDT, MADT, in ascending non-overlapping address order.
+    /// FACS, DSDT, MADT, in ascending non-overlapping address order.
     pub blobs: Vec<(u64, Vec<u8>)>,
 }
 
@@ -226,6 +232,11 @@ struct Placer {
 impl Placer {
     /// Reserves `len` bytes at the next `TABLE_ALIGN` boundary for the table `name`.
     fn place(&mut self, name: &[u8], len: usize) -> Result<u64, AcpiError> {
+        self.place_aligned(name, len, TABLE_ALIGN)
+    }
+
+    /// Reserves `len` bytes at the next `align` boundary for the table `name`.
+    fn place_aligned(&mut self, name: &[u8], len: usize, align: u64) -> Result<u64, AcpiError> {
         let too_big = |end| AcpiError::DoesNotFit {
             table: String::from_utf8_lossy(name).into_owned(),
             end,
@@ -233,7 +244,7 @@ impl Placer {
         };
         let addr = self
             .next
-            .checked_next_multiple_of(TABLE_ALIGN)
+            .checked_next_multiple_of(align)
             .ok_or_else(|| too_big(u64::MAX))?;
         let end = u64::try_from(len)
             .ok()
@@ -273,13 +284,14 @@ pub fn build(cfg: &AcpiConfig, base: u64, limit: u64) -> Result<AcpiTables, Acpi
     let rsdp_addr = placer.place(b"RSD PTR ", root::RSDP_LEN)?;
     let xsdt_addr = placer.place(&root::XSDT_SIGNATURE, root::xsdt_len(1 + listed.len()))?;
     let fadt_addr = placer.place(&fadt::SIGNATURE, fadt::FADT_LEN)?;
+    let facs_addr = placer.place_aligned(&facs::SIGNATURE, facs::FACS_LEN, facs::FACS_ALIGN)?;
     let dsdt_addr = placer.place(&dsdt::SIGNATURE, dsdt.len())?;
     let mut listed_placed = Vec::with_capacity(listed.len());
     for (sig, bytes) in listed {
         listed_placed.push((placer.place(sig, bytes.len())?, bytes));
     }
 
-    let fadt = fadt::build(cfg, dsdt_addr)?;
+    let fadt = fadt::build(cfg, dsdt_addr, facs_addr)?;
     let mut xsdt_entries = vec![fadt_addr];
     xsdt_entries.extend(listed_placed.iter().map(|(addr, _)| *addr));
     let xsdt = root::xsdt(&xsdt_entries)?;
@@ -289,6 +301,7 @@ pub fn build(cfg: &AcpiConfig, base: u64, limit: u64) -> Result<AcpiTables, Acpi
         (rsdp_addr, rsdp),
         (xsdt_addr, xsdt),
         (fadt_addr, fadt),
+        (facs_addr, facs::build()),
         (dsdt_addr, dsdt),
     ];
     blobs.extend(listed_placed);

@@ -154,7 +154,7 @@ fn check(cfg: &AcpiConfig, t: &AcpiTables, base: u64, limit: u64) {
     assert_eq!(u32_at(rsdp, 20) as usize, root::RSDP_LEN);
     assert_eq!(rsdp[15], root::RSDP_REVISION);
 
-    // Every SDT: length field and checksum.
+    // Every SDT: length field and checksum (the FACS has a length but no checksum).
     for (addr, bytes) in &t.blobs[1..] {
         assert!(bytes.len() >= sdt::HEADER_LEN, "short table at {addr:#x}");
         let sig = String::from_utf8_lossy(&bytes[..4]);
@@ -163,7 +163,9 @@ fn check(cfg: &AcpiConfig, t: &AcpiTables, base: u64, limit: u64) {
             bytes.len(),
             "{sig}: length field"
         );
-        assert_eq!(checksum(bytes), 0, "{sig}: checksum");
+        if sig != "FACS" {
+            assert_eq!(checksum(bytes), 0, "{sig}: checksum");
+        }
     }
 
     // XSDT: FADT, MADT, then MCFG and DMAR when configured, each placed exactly there.
@@ -182,19 +184,22 @@ fn check(cfg: &AcpiConfig, t: &AcpiTables, base: u64, limit: u64) {
         expected.push(b"DMAR");
     }
     assert_eq!(sigs, expected, "XSDT entries");
-    assert_eq!(t.blobs.len(), 3 + entries.len(), "unreferenced blobs");
+    assert_eq!(t.blobs.len(), 4 + entries.len(), "unreferenced blobs");
 
-    // FADT -> DSDT (both pointers).
+    // FADT -> DSDT (both pointers) and FACS (64-byte aligned).
     let fadt = blob_at(t, entries[0]);
     let dsdt_addr = u64_at(fadt, 140);
     assert_eq!(u64::from(u32_at(fadt, 40)), dsdt_addr);
     assert_eq!(&blob_at(t, dsdt_addr)[..4], b"DSDT");
+    let facs_addr = u64::from(u32_at(fadt, 36));
+    assert_eq!(facs_addr % 64, 0, "FACS alignment");
+    assert_eq!(&blob_at(t, facs_addr)[..4], b"FACS");
 
     // MADT: entries tile the table; every vCPU once, with the right entry type.
     let madt = blob_at(t, entries[1]);
     let mut off = sdt::HEADER_LEN + 8;
     let mut seen = Vec::new();
-    let mut ioapics = 0;
+    let (mut ioapics, mut overrides, mut nmis, mut x2nmis) = (0, 0, 0, 0);
     while off < madt.len() {
         let len = usize::from(madt[off + 1]);
         assert!(len >= 2 && off + len <= madt.len(), "MADT entry at {off}");
@@ -214,6 +219,9 @@ fn check(cfg: &AcpiConfig, t: &AcpiTables, base: u64, limit: u64) {
                 seen.push(id);
             }
             1 => ioapics += 1,
+            2 => overrides += 1,
+            4 => nmis += 1,
+            0xa => x2nmis += 1,
             other => panic!("unexpected MADT entry type {other}"),
         }
         off += len;
@@ -221,6 +229,17 @@ fn check(cfg: &AcpiConfig, t: &AcpiTables, base: u64, limit: u64) {
     assert_eq!(off, madt.len(), "MADT entries overrun");
     assert_eq!(seen, cfg.apic_ids, "MADT vCPUs");
     assert_eq!(ioapics, 1);
+    assert_eq!(overrides, 1, "the SCI's override");
+    assert_eq!(
+        nmis,
+        usize::from(seen.iter().any(|id| *id < 255)),
+        "LAPIC NMI"
+    );
+    assert_eq!(
+        x2nmis,
+        usize::from(seen.iter().any(|id| *id >= 255)),
+        "x2APIC NMI"
+    );
 }
 
 /// Builds `cfg` in the platform's window and checks it, naming `case` on failure.

@@ -143,6 +143,8 @@ impl Sdt {
 pub const GAS_SPACE_SYSTEM_IO: u8 = 1;
 /// Generic Address Structure access size: byte access.
 pub const GAS_ACCESS_BYTE: u8 = 1;
+/// Generic Address Structure access size: word (16-bit) access.
+pub const GAS_ACCESS_WORD: u8 = 2;
 /// Register width in bits of a byte-wide register.
 const BYTE_BITS: u8 = 8;
 
@@ -172,6 +174,18 @@ impl Gas {
             bit_width: BYTE_BITS,
             bit_offset: 0,
             access_size: GAS_ACCESS_BYTE,
+            address: u64::from(port),
+        }
+    }
+
+    /// A register block of `bit_width` bits at I/O `port`, accessed `access_size` at a
+    /// time (e.g. a PM1 event block: 32 bits, word accesses).
+    pub fn io(port: u16, bit_width: u8, access_size: u8) -> Self {
+        Gas {
+            space_id: GAS_SPACE_SYSTEM_IO,
+            bit_width,
+            bit_offset: 0,
+            access_size,
             address: u64::from(port),
         }
     }
@@ -230,6 +244,14 @@ mod tests {
         assert_eq!(
             Gas::io_u8(0xcf9).to_bytes(),
             [1, 8, 0, 1, 0xf9, 0x0c, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn gas_io_block() {
+        assert_eq!(
+            Gas::io(0x600, 32, GAS_ACCESS_WORD).to_bytes(),
+            [1, 32, 0, 2, 0x00, 0x06, 0, 0, 0, 0, 0, 0]
         );
     }
 }

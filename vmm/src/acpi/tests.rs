@@ -62,14 +62,16 @@ fn check_consistent(t: &AcpiTables, base: u64, limit: u64) {
     assert_eq!(checksum(rsdp), 0);
     assert_eq!(u32_at(rsdp, 20), 36);
 
-    // Every other blob is an SDT with a right length and checksum.
+    // Every other blob has a right length; all but the FACS are SDTs with a checksum.
     for (addr, bytes) in &t.blobs[1..] {
         assert_eq!(
             u32_at(bytes, 4) as usize,
             bytes.len(),
             "length at {addr:#x}"
         );
-        assert_eq!(checksum(bytes), 0, "checksum at {addr:#x}");
+        if !bytes.starts_with(b"FACS") {
+            assert_eq!(checksum(bytes), 0, "checksum at {addr:#x}");
+        }
     }
 
     // XSDT -> FADT, MADT (then MCFG, DMAR, IVRS when configured); FADT -> DSDT.
@@ -98,24 +100,42 @@ fn check_consistent(t: &AcpiTables, base: u64, limit: u64) {
     let dsdt_addr = u64_at(fadt, 140);
     assert_eq!(&blob_at(t, dsdt_addr)[..4], b"DSDT");
     assert_eq!(u64::from(u32_at(fadt, 40)), dsdt_addr);
-    // Every blob is reachable: RSDP, XSDT, DSDT plus the XSDT's entries.
-    assert_eq!(t.blobs.len(), 3 + sigs.len());
+    // FADT -> FACS (64-byte aligned, FIRMWARE_CTRL below 4 GiB, else X_FIRMWARE_CTRL).
+    let facs_addr = match u32_at(fadt, 36) {
+        0 => u64_at(fadt, 132),
+        a => {
+            assert_eq!(u64_at(fadt, 132), 0, "only one FACS pointer");
+            u64::from(a)
+        }
+    };
+    assert_eq!(facs_addr % 64, 0);
+    assert_eq!(&blob_at(t, facs_addr)[..4], b"FACS");
+    // Every blob is reachable: RSDP, XSDT, FACS, DSDT plus the XSDT's entries.
+    assert_eq!(t.blobs.len(), 4 + sigs.len());
 }
 
-/// (type count 0, type count 9, type count 1) of a MADT.
+/// (type count 0, type count 9, type count 1) of a MADT, after checking its one interrupt
+/// source override (the SCI) and its NMI entries: a type 4 one when there are type 0
+/// entries, a type 0xA one when there are type 9 entries.
 fn madt_counts(madt: &[u8]) -> (usize, usize, usize) {
-    let (mut c0, mut c9, mut c1) = (0, 0, 0);
+    let (mut c0, mut c9, mut c1, mut c2, mut c4, mut c10) = (0, 0, 0, 0, 0, 0);
     let mut off = 44;
     while off < madt.len() {
         match madt[off] {
             0 => c0 += 1,
             9 => c9 += 1,
             1 => c1 += 1,
+            2 => c2 += 1,
+            4 => c4 += 1,
+            0xa => c10 += 1,
             other => panic!("unexpected MADT entry type {other}"),
         }
         off += usize::from(madt[off + 1]);
     }
     assert_eq!(off, madt.len());
+    assert_eq!(c2, 1, "one interrupt source override");
+    assert_eq!(c4, usize::from(c0 > 0), "Local APIC NMI entries");
+    assert_eq!(c10, usize::from(c9 > 0), "Local x2APIC NMI entries");
     (c0, c9, c1)
 }
 
@@ -216,6 +236,8 @@ fn check_consistent_64(t: &AcpiTables) {
     let fadt = table(t, b"FACP");
     assert_eq!(u32_at(fadt, 40), 0);
     assert_eq!(&blob_at(t, u64_at(fadt, 140))[..4], b"DSDT");
+    assert_eq!(u32_at(fadt, 36), 0);
+    assert_eq!(&blob_at(t, u64_at(fadt, 132))[..4], b"FACS");
 }
 
 // ---- iasl ----------------------------------------------------------------------------------
@@ -323,16 +345,42 @@ fn iasl_disassembles_tables() {
 
         let fadt = iasl_disassemble(&dir.0, "facp", table(&t, b"FACP"));
         for field in [
-            "Hardware Reduced (V5) : 1",
+            "Hardware Reduced (V5) : 0",
             "Reset Register Supported (V2) : 1",
+            "SCI Interrupt : 0009",
+            "SMI Command Port : 00000000",
+            "PM1A Event Block Address : 00000600",
+            "PM1A Control Block Address : 00000604",
+            "PM1 Event Block Length : 04",
+            "PM1 Control Block Length : 02",
+            "PM Timer Block Length : 00",
             "Hypervisor ID : 0000004D4D565249",
         ] {
             assert!(squash(&fadt).contains(field), "{field:?} missing:\n{fadt}");
         }
+        iasl_disassemble(&dir.0, "facs", table(&t, b"FACS"));
 
         let madt = iasl_disassemble(&dir.0, "apic", table(&t, b"APIC"));
         let x2 = madt.matches("Processor Local x2APIC").count();
         assert_eq!(x2, n.saturating_sub(255) as usize, "{madt}");
+        let flat = squash(&madt);
+        for field in [
+            "Subtable Type : 02 [Interrupt Source Override]",
+            "Source : 09",
+            "Interrupt : 00000009",
+            "Polarity : 1",
+            "Trigger Mode : 3",
+            "Subtable Type : 04 [Local APIC NMI]",
+            "Processor ID : FF",
+            "Interrupt Input LINT : 01",
+        ] {
+            assert!(flat.contains(field), "{field:?} missing:\n{madt}");
+        }
+        assert_eq!(
+            flat.contains("Subtable Type : 0A [Local x2APIC NMI]"),
+            n > 255,
+            "{madt}"
+        );
 
         // iasl 20200925 refuses a lone RSDP ("not a valid ACPI table"), so the RSDP is
         // checked by check_consistent only.
@@ -512,4 +560,119 @@ fn iasl_disassembles_the_pvpanic_device() {
         assert!(flat.contains(needle), "{needle} missing:\n{dsdt}");
     }
     iasl_recompile(&dir.0, "dsdt");
+}
+
+// ---- acpiexec ------------------------------------------------------------------------------
+
+/// The PCI host bridge configuration the platform uses.
+fn pci_host() -> PciHostConfig {
+    PciHostConfig {
+        ecam: mcfg::EcamConfig {
+            base: 0xb000_0000,
+            start_bus: 0,
+            end_bus: 0xff,
+        },
+        mmio32_base: 0xc000_0000,
+        mmio32_size: 0x3e00_0000,
+        intx_routes: Vec::new(),
+    }
+}
+
+/// Whether ACPICA's `acpiexec` can be run; prints the reason when it cannot.
+fn acpiexec_available() -> bool {
+    match Command::new("acpiexec").arg("-v").output() {
+        Ok(_) => true,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "acpiexec_evaluates_the_pci_host_bridge_osc SKIPPED: acpiexec not runnable \
+                 ({e}); install acpica-tools to run the DSDT's methods in ACPICA"
+            );
+            false
+        }
+    }
+}
+
+/// `acpiexec`'s argument syntax for a buffer: `(b0 b1 ...)` in hex.
+fn acpiexec_buffer(bytes: &[u8]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("({})", hex.join(" "))
+}
+
+/// Evaluates `\_SB.PCI0._OSC(uuid, revision, 3, {status, support, control})` in ACPICA's
+/// interpreter on the DSDT file `dsdt` and returns the three dwords of the buffer it returns.
+fn evaluate_osc(dsdt: &Path, uuid: &str, revision: u8, dwords: [u32; 3]) -> [u32; 3] {
+    let uuid = aml_code::Uuid::parse(uuid).unwrap().bytes();
+    let caps: Vec<u8> = dwords.iter().flat_map(|d| d.to_le_bytes()).collect();
+    let command = format!(
+        "execute \\_SB.PCI0._OSC {} {revision} 3 {}",
+        acpiexec_buffer(&uuid),
+        acpiexec_buffer(&caps)
+    );
+    let out = Command::new("acpiexec")
+        .arg("-b")
+        .arg(&command)
+        .arg(dsdt)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "acpiexec {command}:\n{log}");
+    // "  [Buffer] Length 0C =     0000: 10 00 00 00 1F 01 00 00 1F 00 00 00   // ..."
+    let line = log
+        .lines()
+        .find(|l| l.contains("[Buffer] Length 0C"))
+        .unwrap_or_else(|| panic!("no 12-byte buffer returned by {command}:\n{log}"));
+    let hex = line
+        .split("0000:")
+        .nth(1)
+        .unwrap()
+        .split("//")
+        .next()
+        .unwrap();
+    let bytes: Vec<u8> = hex
+        .split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    assert_eq!(bytes.len(), 12, "{line}");
+    [0, 4, 8].map(|o| u32_at(&bytes, o))
+}
+
+/// The PCI host bridge's `_OSC` run by ACPICA, as Linux calls it: granted controls come back
+/// in dword 3, masked ones set "capabilities masked", an unknown revision or UUID is
+/// reported in dword 1.
+#[test]
+fn acpiexec_evaluates_the_pci_host_bridge_osc() {
+    if !acpiexec_available() {
+        return;
+    }
+    let mut c = cfg(2);
+    c.pci = Some(pci_host());
+    let t = build(&c, BASE, LIMIT).unwrap();
+    let dir = ScratchDir::new("osc");
+    let dsdt = dir.0.join("dsdt.dat");
+    std::fs::write(&dsdt, table(&t, b"DSDT")).unwrap();
+    let pci = osc::PCI_HOST_BRIDGE_UUID;
+    // Linux 6.1's query, then its request: support 0x1f (extended config, ASPM, clock PM,
+    // segments, MSI), control 0xbf (hot-plug, SHPC, PME, AER, capability, LTR, DPC).
+    assert_eq!(
+        evaluate_osc(&dsdt, pci, 1, [1, 0x1f, 0xbf]),
+        [0x11, 0x1f, 0x1f]
+    );
+    assert_eq!(
+        evaluate_osc(&dsdt, pci, 1, [0, 0x1f, 0x1f]),
+        [0, 0x1f, 0x1f]
+    );
+    assert_eq!(
+        evaluate_osc(&dsdt, pci, 1, [0, 0x1f, 0x0c]),
+        [0, 0x1f, 0x0c]
+    );
+    // Unknown revision.
+    assert_eq!(evaluate_osc(&dsdt, pci, 2, [0, 0, 0x1f]), [0x08, 0, 0x1f]);
+    // Another UUID (the CXL host bridge's): unrecognized, nothing granted or changed.
+    let cxl = "68F2D50B-C469-4D8A-BD3D-941A103FD3FC";
+    assert_eq!(evaluate_osc(&dsdt, cxl, 1, [0, 0, 0xbf]), [0x04, 0, 0xbf]);
 }

@@ -222,8 +222,8 @@ impl Vm {
                 ioapic_addr: IOAPIC_ADDR as u32,
                 ioapic_gsi_base: 0,
                 lapic_addr: LAPIC_ADDR as u32,
-                sleep_control_port: ACPI_PM_PORT,
-                sleep_status_port: ACPI_PM_PORT + 1,
+                pm1a_event_port: ACPI_PM1A_EVT_PORT,
+                pm1a_control_port: ACPI_PM1A_CNT_PORT,
                 reset_port: RESET_PORT,
                 reset_value: RESET_VALUE,
                 serial: Some((COM1_PORT, COM1_IRQ)),
@@ -351,6 +351,10 @@ impl Vm {
         let mut fds = Vec::with_capacity(apic_ids.len());
         for (index, &apic_id) in apic_ids.iter().enumerate() {
             fds.push((vcpus::create_vcpu(&vm, index, apic_id, &setup)?, apic_id));
+        }
+        // Some hosts' KVM shows the guest features --cpu-features hid: say so.
+        if let Some((fd, _)) = fds.first() {
+            cpuid::warn_hidden_but_reported(&config.cpu_features, fd);
         }
 
         let router = platform.router.clone();

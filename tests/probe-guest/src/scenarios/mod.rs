@@ -35,6 +35,7 @@ mod amd_ioapic;
 mod amd_many;
 mod bench_stats;
 mod boot;
+mod cpuid;
 mod dma_basic;
 mod dma_bench;
 mod dma_common;
@@ -111,6 +112,11 @@ pub static ALL: &[Scenario] = &[
         name: "boot",
         summary: "PVH boot info, ACPI tables and checksums, MADT processor count",
         run: boot::run,
+    },
+    Scenario {
+        name: "cpuid",
+        summary: "the CPUID leaves every vCPU sees (popcnt, SMAP, SMEP, x2APIC, XSAVE...) and whether CR4 takes SMEP/SMAP",
+        run: cpuid::run,
     },
     Scenario {
         name: "fault",

@@ -2,7 +2,9 @@
 //! ports, and (irvmm only) unclaimed ports and MMIO, which must read all ones.
 
 use super::pci::{overlaps, Config};
-use super::{Garbage, Window, RESET_CONTROL_PORT, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLP_EN};
+use super::{
+    Garbage, Window, PM1_PORTS, RESET_CONTROL_PORT, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLP_EN,
+};
 use crate::ioapic::{IoApic, REG_ID, REG_VERSION, RTE_MASKED, RTE_READ_ONLY};
 use crate::raw::Width;
 use crate::report::Text;
@@ -40,9 +42,9 @@ const DEBUG_EXIT_PORTS: [u16; 2] = [0x501, 0x502];
 /// Percentage of platform-control accesses that write.
 const CONTROL_WRITE_PERCENT: u32 = 70;
 
-/// The ports irvmm decodes: COM1, debug exit, the ACPI sleep registers, PCI configuration
+/// The ports irvmm decodes: COM1, debug exit, the ACPI PM1 registers, PCI configuration
 /// (0xcf8-0xcff: CONFIG_ADDRESS, reset control, CONFIG_DATA).
-const IRVMM_PORTS: [(u64, u64); 4] = [(0x3f8, 8), (0x501, 2), (0x600, 2), (0xcf8, 8)];
+const IRVMM_PORTS: [(u64, u64); 4] = [(0x3f8, 8), (0x501, 2), PM1_PORTS, (0xcf8, 8)];
 /// Size of the port space.
 const PORT_SPACE: u64 = 0x1_0000;
 /// The MMIO hole searched for unclaimed addresses: irvmm's end of low RAM (where ECAM
@@ -167,7 +169,7 @@ pub(super) fn com1(g: &mut Garbage, count: u32) {
     sprintln!();
 }
 
-/// `count` accesses to the ACPI sleep registers, the reset control register and the
+/// `count` accesses to the ACPI PM1 registers, the reset control register and the
 /// debug-exit ports; [`Garbage::port_write`] withholds the writes that would end the VM.
 pub(super) fn controls(g: &mut Garbage, count: u32) {
     let ports = [

@@ -38,9 +38,9 @@
 //! 5. The I/O APIC's entries and the PCI functions are restored (sources disarmed), then
 //!    COM1's eight ports get garbage with the I/O APIC's pins masked (bytes written to THR are
 //!    printable, so the console stays text); COM1 is reinitialised afterwards.
-//! 6. The platform controls: ACPI sleep control/status (0x600/0x601), reset control (0xcf9)
-//!    and debug exit (0x501/0x502), except the writes that legitimately end the VM, which are
-//!    withheld (read instead): SLP_EN with SLP_TYP = 5 (S5) at 0x600, anything at
+//! 6. The platform controls: ACPI PM1_STS (0x600) and PM1_CNT's high byte (0x605), reset
+//!    control (0xcf9) and debug exit (0x501/0x502), except the writes that legitimately end
+//!    the VM, which are withheld (read instead): SLP_EN with SLP_TYP = 5 (S5) at 0x605, anything at
 //!    0x501-0x502, RST_CPU (bit 2) at 0xcf9. The same rule covers every port write of the
 //!    scenario (multi-byte accesses by each byte lane; a dword at 0xcf8 is CONFIG_ADDRESS).
 //! 7. On irvmm only (DMAR OEM ID "IRVMM "): unclaimed ports (0-0xffff outside its devices)
@@ -324,15 +324,17 @@ impl Garbage {
 const DEBUG_EXIT_FIRST: u32 = 0x501;
 /// Last port of the debug-exit device.
 const DEBUG_EXIT_LAST: u32 = 0x502;
-/// irvmm's FADT SLEEP_CONTROL_REG (hardware-reduced ACPI).
-pub(super) const SLEEP_CONTROL_PORT: u16 = 0x600;
-/// irvmm's FADT SLEEP_STATUS_REG.
-pub(super) const SLEEP_STATUS_PORT: u16 = 0x601;
-/// Sleep control: SLP_EN (bit 5).
+/// irvmm's ACPI PM1 registers (FADT PM1a_EVT_BLK at 0x600, PM1a_CNT_BLK at 0x604).
+pub(super) const PM1_PORTS: (u64, u64) = (0x600, 6);
+/// The high byte of irvmm's PM1a_CNT, which holds SLP_TYP and SLP_EN.
+pub(super) const SLEEP_CONTROL_PORT: u16 = 0x605;
+/// irvmm's PM1_STS (its low byte).
+pub(super) const SLEEP_STATUS_PORT: u16 = 0x600;
+/// PM1_CNT's SLP_EN (bit 13), bit 5 of its high byte.
 pub(super) const SLP_EN: u8 = 1 << 5;
-/// Sleep control: shift of SLP_TYP (bits 4:2).
+/// Shift of SLP_TYP (PM1_CNT bits 12:10) in the high byte.
 const SLP_TYP_SHIFT: u32 = 2;
-/// Sleep control: mask (after shifting) of SLP_TYP.
+/// Mask (after shifting) of SLP_TYP.
 const SLP_TYP_MASK: u8 = 0x7;
 /// The SLP_TYP of S5 (soft off) in irvmm's DSDT `_S5_`.
 const SLP_TYP_S5: u8 = 5;
@@ -342,8 +344,8 @@ pub(super) const RESET_CONTROL_PORT: u16 = 0xcf9;
 const RESET_RST_CPU: u8 = 1 << 2;
 
 /// Whether writing `value` (`width` bytes) to `port` would legitimately end the VM: any byte
-/// reaching the debug-exit ports, SLP_EN with SLP_TYP = S5 reaching the sleep control
-/// register, RST_CPU reaching the reset control register. A dword at 0xcf8 is
+/// reaching the debug-exit ports, SLP_EN with SLP_TYP = S5 reaching PM1_CNT's high byte,
+/// RST_CPU reaching the reset control register. A dword at 0xcf8 is
 /// CONFIG_ADDRESS on every PC chipset and does not reach 0xcf9.
 pub(super) fn ends_the_vm(port: u16, width: Width, value: u32) -> bool {
     if port == crate::pci::CONFIG_ADDRESS && width == Width::Dword {
