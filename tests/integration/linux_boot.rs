@@ -171,7 +171,27 @@ fn linux_initramfs_reaches_user_space() {
     );
     assert!(run.saw("IRVMM-INIT-OK cpus=4"), "{}", run.dump());
     assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+    // What Linux reports about the platform once its drivers run (after this KVM's int3
+    // stop, so derived from Linux 6.1's code paths, not yet seen here): COM1 on ISA IRQ 4
+    // (24 while the FADT was hardware-reduced), the host bridge's _OSC granting native
+    // control, MMCONFIG taken from the e820 reservation at once.
+    for l in USER_SPACE_PLATFORM_LINES {
+        assert!(run.saw(l), "missing '{l}'\n{}", run.dump());
+    }
+    for l in USER_SPACE_PLATFORM_COMPLAINTS {
+        assert!(!run.saw(l), "'{l}'\n{}", run.dump());
+    }
 }
+
+/// Lines a Linux that reached user space prints about irvmm's platform.
+const USER_SPACE_PLATFORM_LINES: [&str; 2] =
+    ["ttyS0 at I/O 0x3f8 (irq = 4,", "_OSC: OS now controls ["];
+/// Lines it must not print: what it said of the hardware-reduced platform without `_OSC`
+/// and without the ECAM window in the e820 map.
+const USER_SPACE_PLATFORM_COMPLAINTS: [&str; 2] = [
+    "platform retains control of PCIe features",
+    "PCI: not using MMCONFIG",
+];
 
 #[test]
 fn linux_288_vcpus_come_up_in_x2apic_mode() {
