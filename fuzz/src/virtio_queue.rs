@@ -2,7 +2,8 @@
 //! buffers the fuzzer writes, served by the virtio-blk handler (on a small writable image),
 //! the virtio-rng handler and the virtio-console transmit path.
 //!
-//! Input: byte 0 picks the device (blk, rng, console tx), bytes 1-2 the queue size the
+//! Input: byte 0 picks the device (blk, rng, console tx; with bit 0x40 virtio-net, see
+//! [`crate::virtio_net_queue`]), bytes 1-2 the queue size the
 //! driver programmed (any value: invalid sizes must be refused), bytes 3-8 the ring
 //! offsets (descriptor table, available and used ring, each a 16-bit page-relative
 //! choice), the rest is copied into guest memory from address 0.
@@ -66,6 +67,9 @@ pub fn run(data: &[u8]) {
     let body = &data[9..];
     let n = body.len().min(RAM);
     mem.write_slice(&body[..n], GuestAddress(0)).expect("fill RAM");
+    if data[0] & 0x40 != 0 {
+        return crate::virtio_net_queue::run(data, &mem, &body[..n]);
+    }
     let regs = QueueRegs {
         size: u16_at(data, 1),
         enabled: true,

@@ -496,3 +496,78 @@ impl Drop for Worker {
 pub fn raw_fd(fd: &EventFd) -> RawFd {
     fd.as_raw_fd()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A device whose one source is always readable (an eventfd nobody drains) and which
+    /// wants it watched only while `want` is set.
+    struct Stubborn {
+        fd: EventFd,
+        want: Arc<AtomicBool>,
+        calls: Arc<AtomicU32>,
+    }
+
+    impl QueueHandler for Stubborn {
+        fn name(&self) -> &str {
+            "stubborn"
+        }
+
+        fn process_queue(&mut self, _: usize, _: &mut Activation) -> Result<bool, DeviceError> {
+            Ok(false)
+        }
+
+        fn sources(&self) -> Vec<RawFd> {
+            vec![self.fd.as_raw_fd()]
+        }
+
+        fn source_interest(&self, _: usize) -> Interest {
+            if self.want.load(Ordering::SeqCst) {
+                Interest::READ
+            } else {
+                Interest::NONE
+            }
+        }
+
+        fn process_source(
+            &mut self,
+            _: usize,
+            _: Option<&mut Activation>,
+        ) -> Result<bool, DeviceError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            // Cannot take what the source has: stop watching it.
+            self.want.store(false, Ordering::SeqCst);
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn a_source_the_device_cannot_serve_is_not_watched() {
+        let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+        fd.write(1).unwrap();
+        let want = Arc::new(AtomicBool::new(true));
+        let calls = Arc::new(AtomicU32::new(0));
+        let handler = Stubborn {
+            fd,
+            want: want.clone(),
+            calls: calls.clone(),
+        };
+        let irq = Arc::new(VirtioInterrupt::new(Vec::new(), 1));
+        let worker = Worker::spawn(Box::new(handler), Vec::new(), irq).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "served once, then left alone"
+        );
+        // Interest is re-read after any event: a control event brings it back.
+        want.store(true, Ordering::SeqCst);
+        worker.reset();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+}

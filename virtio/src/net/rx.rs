@@ -51,14 +51,18 @@ pub fn deliver(
     let mut chains: Vec<(u16, Segments)> = Vec::new();
     let mut room = 0u64;
     let most = usize::from(queue.size());
+    let mut pops = 0usize;
     while room < need {
-        if chains.len() >= most {
+        // At most a ring's worth of chains, counting those returned unused: with rings
+        // that overlap, the device's own used entries can look like new buffers.
+        if pops >= most {
             queue.set_next_avail(start);
             return Ok(Outcome {
                 delivery: Delivery::Dropped,
                 used,
             });
         }
+        pops += 1;
         let Some((head, segs)) = pop_chain(queue, mem)? else {
             queue.set_next_avail(start);
             return Ok(Outcome {

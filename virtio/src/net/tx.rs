@@ -102,13 +102,15 @@ pub fn transmit<B: NetBackend>(
     let end = 'serve: loop {
         queue.disable_notification(&mem).map_err(err)?;
         loop {
+            // Every pass counts, found chain or not: with rings that overlap, turning
+            // notifications on and off rewrites the available index itself.
             if budget == 0 {
                 break 'serve TxEnd::More;
             }
+            budget -= 1;
             let Some((head, segs, whole)) = pop_whole_chain(queue, &mem).map_err(err)? else {
                 break;
             };
-            budget -= 1;
             let gathered = if whole {
                 gather(&segs, &mem, buf)
             } else {
