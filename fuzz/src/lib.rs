@@ -27,7 +27,9 @@
 //!   answers the fuzzer chooses.
 //! * [`virtio_queue`]: virtqueue parsing and the virtio-blk, virtio-rng and virtio-console
 //!   request paths over fuzzer-written rings, descriptors and buffers, and
-//!   ([`virtio_net_queue`]) virtio-net's receive, transmit and control paths over a fake tap.
+//!   ([`virtio_net_queue`]) virtio-net's receive, transmit and control paths over a fake tap,
+//!   each also with its addresses translated by an IOMMU ([`virtio_iommu`]:
+//!   `VIRTIO_F_ACCESS_PLATFORM`).
 //! * [`virtio_pci_config`]: the virtio-pci transport (configuration space, capabilities,
 //!   common configuration, ISR, device configuration, notifications, MSI-X) with its real
 //!   I/O thread.
@@ -51,6 +53,7 @@ pub mod pci_config;
 pub mod remap_decode;
 pub mod vfio_function;
 pub mod vfio_user_client;
+pub mod virtio_iommu;
 pub mod virtio_pci_config;
 pub mod virtio_net_queue;
 pub mod virtio_queue;

@@ -8,6 +8,9 @@
 //! carved from guest RAM (lengths from the words at [`FRAME_LENGTHS`], contents from
 //! [`FRAME_DATA`]): whatever their headers say.
 //!
+//! With bit 3 set the device's addresses are IOVAs ([`crate::virtio_iommu`]); the rings are
+//! checked before every pass as the I/O thread does.
+//!
 //! Invariants: no panic; the used index advances by at most the queue size; every frame
 //! the device writes to the tap is at least a header long, at most the device's maximum,
 //! and carries only offloads the guest negotiated.
@@ -25,7 +28,8 @@ use virtio::net::tx::TX_FRAME_MAX;
 use virtio::net::{NetBackend, NetHandler, BASE_FEATURES, CTRL_QUEUE_SIZE, NET_QUEUE_SIZE};
 use virtio::queue::QueueRegs;
 use virtio::worker::{Activation, QueueHandler};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio::DeviceMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 /// Where the fake tap's frame lengths and contents come from (guest RAM offsets).
 pub const FRAME_LENGTHS: usize = 0x1f00;
@@ -92,7 +96,7 @@ fn u16_at(bytes: &[u8], i: usize) -> u16 {
 }
 
 /// Runs one net input; `mem` already holds the input's RAM image.
-pub fn run(data: &[u8], mem: &GuestMemoryMmap, ram: &[u8]) {
+pub fn run(data: &[u8], mem: &DeviceMemory, ram: &[u8]) {
     let sel = data[0];
     let queue_kind = (sel >> 4) & 3;
     let mut features = BASE_FEATURES | virtio::transport::TRANSPORT_FEATURES;
@@ -156,16 +160,28 @@ pub fn run(data: &[u8], mem: &GuestMemoryMmap, ram: &[u8]) {
     let mut h = NetHandler::new("fuzz-net".into(), tap, 2);
     h.activate(features);
     let used_before: u16 = mem.read_obj(GuestAddress(regs.device + 2)).unwrap_or(0);
-    let ok = match queue_kind {
-        1 => h.process_queue(1, &mut active).is_ok() && h.process_queue(1, &mut active).is_ok(),
-        2 => h.process_queue(4, &mut active).is_ok() && h.process_queue(4, &mut active).is_ok(),
-        _ => {
-            h.process_source(0, Some(&mut active)).is_ok()
-                && h.process_queue(0, &mut active).is_ok()
-                && h.process_source(0, Some(&mut active)).is_ok()
-        }
-    };
-    if ok && queue_kind == 1 && sel & 2 != 0 {
+    // The I/O thread checks the rings before each event.
+    let ok = active.check_rings().is_ok()
+        && match queue_kind {
+            1 => {
+                h.process_queue(1, &mut active).is_ok()
+                    && active.check_rings().is_ok()
+                    && h.process_queue(1, &mut active).is_ok()
+            }
+            2 => {
+                h.process_queue(4, &mut active).is_ok()
+                    && active.check_rings().is_ok()
+                    && h.process_queue(4, &mut active).is_ok()
+            }
+            _ => {
+                h.process_source(0, Some(&mut active)).is_ok()
+                    && active.check_rings().is_ok()
+                    && h.process_queue(0, &mut active).is_ok()
+                    && active.check_rings().is_ok()
+                    && h.process_source(0, Some(&mut active)).is_ok()
+            }
+        };
+    if ok && queue_kind == 1 && sel & 2 != 0 && active.check_rings().is_ok() {
         // The tap becomes writable again.
         full.store(false, Ordering::Relaxed);
         h.process_source(0, Some(&mut active)).ok();

@@ -3,7 +3,8 @@
 //! the virtio-rng handler and the virtio-console transmit path.
 //!
 //! Input: byte 0 picks the device (blk, rng, console tx; with bit 0x40 virtio-net, see
-//! [`crate::virtio_net_queue`]), bytes 1-2 the queue size the
+//! [`crate::virtio_net_queue`]; with bit 0x08 every device address is an IOVA translated by
+//! a page table in guest RAM, see [`crate::virtio_iommu`]), bytes 1-2 the queue size the
 //! driver programmed (any value: invalid sizes must be refused), bytes 3-8 the ring
 //! offsets (descriptor table, available and used ring, each a 16-bit page-relative
 //! choice), the rest is copied into guest memory from address 0.
@@ -12,7 +13,8 @@
 //! head indices beyond the queue); a queue is only built from a valid programming (power
 //! of two size up to the maximum, aligned rings inside RAM); the used index advances by at
 //! most the queue size per pass; every used length fits the chain's writable bytes; the
-//! image keeps its size.
+//! image keeps its size; translated, the device writes only pages the IOMMU mapped for it
+//! (and rings it cannot reach stop it, as the I/O thread's check does).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -20,8 +22,10 @@ use virtio::block::{Block, DiskConfig, QUEUE_SIZE};
 use virtio::interrupt::VirtioInterrupt;
 use virtio::queue::QueueRegs;
 use virtio::worker::{Activation, QueueHandler};
-use virtio::{Console, Rng};
+use virtio::{Console, DeviceMemory, Rng};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::virtio_iommu::{self, TableIommu};
 
 /// Guest RAM size.
 const RAM: usize = 0x10000;
@@ -60,16 +64,41 @@ fn u16_at(data: &[u8], i: usize) -> u16 {
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
+    run_observed(data);
+}
+
+/// Runs one input; returns the IOMMU of a translated one (for tests to look at).
+pub fn run_observed(data: &[u8]) -> Option<Arc<TableIommu>> {
     if data.len() < 9 {
-        return;
+        return None;
     }
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest RAM");
     let body = &data[9..];
     let n = body.len().min(RAM);
     mem.write_slice(&body[..n], GuestAddress(0)).expect("fill RAM");
+    let iommu = (data[0] & 0x08 != 0).then(|| TableIommu::new(mem.clone()));
+    let dev_mem = match &iommu {
+        Some(i) => i.memory(),
+        None => DeviceMemory::physical(mem.clone()),
+    };
+    let before = virtio_iommu::snapshot(&mem, RAM);
     if data[0] & 0x40 != 0 {
-        return crate::virtio_net_queue::run(data, &mem, &body[..n]);
+        crate::virtio_net_queue::run(data, &dev_mem, &body[..n]);
+    } else {
+        run_device(data, &dev_mem);
     }
+    if let Some(i) = &iommu {
+        virtio_iommu::assert_writes_mapped(
+            &before,
+            &virtio_iommu::snapshot(&mem, RAM),
+            i.written(),
+        );
+    }
+    iommu
+}
+
+/// Runs one blk, rng or console input over `mem` (the device's view).
+fn run_device(data: &[u8], mem: &DeviceMemory) {
     let regs = QueueRegs {
         size: u16_at(data, 1),
         enabled: true,
@@ -80,7 +109,7 @@ pub fn run(data: &[u8]) {
         ..QueueRegs::new(QUEUE_SIZE)
     };
     let event_idx = data[0] & 0x80 != 0;
-    let Ok(queue) = regs.build(event_idx, &mem) else {
+    let Ok(queue) = regs.build(event_idx, mem) else {
         return;
     };
     assert!(regs.size.is_power_of_two() && regs.size <= QUEUE_SIZE);
@@ -94,6 +123,10 @@ pub fn run(data: &[u8]) {
     let mut h = handlers().lock().unwrap_or_else(|p| p.into_inner());
     let used_before: u16 = mem.read_obj(GuestAddress(regs.device + 2)).unwrap_or(0);
     for _ in 0..2 {
+        // The I/O thread checks the rings before each event.
+        if active.check_rings().is_err() {
+            break;
+        }
         let result = match data[0] % 3 {
             0 => h.blk.process_queue(0, &mut active),
             1 => h.rng.process_queue(0, &mut active),

@@ -1010,6 +1010,85 @@ fn linux_root_disk_reaches_user_space_and_writes() {
     );
 }
 
+/// The root disk with `--iommu intel` and `intel_iommu=on iommu=strict` (issue 11): Linux
+/// enables DMA translation, its virtio drivers accept VIRTIO_F_ACCESS_PLATFORM (irvmm logs
+/// each device starting with its addresses through the IOMMU), so every ring and buffer of
+/// the disk, console and rng goes through the emulated VT-d unit with strict (unmap-time)
+/// invalidations; the guest reaches user space, mounts its root read-write, writes its test
+/// file, and no DMAR fault is reported.
+#[test]
+#[ignore = "needs hardware virtualization (VT-x/AMD-V): run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
+fn linux_root_disk_through_the_iommu_with_strict_translation() {
+    let test = "linux_root_disk_through_the_iommu_with_strict_translation";
+    let Some((kernel, assets)) = root_disk_or_skip(test) else {
+        return;
+    };
+    let scratch = ScratchDir::new(test);
+    let disk = scratch.rootfs_copy(&assets);
+    let token = fresh_token();
+    let cmdline = format!(
+        "console=ttyS0 root=/dev/vda rw panic=-1 intel_iommu=on iommu=strict irvmm.token={token}"
+    );
+    let disk_arg = format!("path={}", disk.display());
+    let run = run_guest_env(
+        &[
+            "--kernel",
+            kernel.to_str().expect("utf-8 path"),
+            "--initramfs",
+            assets.initramfs.to_str().expect("utf-8 path"),
+            "--cmdline",
+            &cmdline,
+            "--cpus",
+            "2",
+            "--memory",
+            "512M",
+            "--iommu",
+            "intel",
+            "--disk",
+            &disk_arg,
+            "--console",
+            "virtio",
+            "--rng",
+        ],
+        &[("RUST_LOG", "info")],
+        Duration::from_secs(300),
+        None,
+    );
+    assert!(
+        run.saw("DMAR: Intel(R) Virtualization Technology for Directed I/O"),
+        "DMA translation not enabled\n{}",
+        run.dump()
+    );
+    for device in ["blk0", "console", "rng"] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains(&format!("{device}: started"))
+                    && l.contains("addresses through the IOMMU")),
+            "{device} did not negotiate ACCESS_PLATFORM\n{}",
+            run.dump()
+        );
+    }
+    let faults: Vec<&String> = run
+        .lines
+        .iter()
+        .filter(|l| l.contains("DMAR") && l.to_ascii_lowercase().contains("fault"))
+        .collect();
+    assert!(faults.is_empty(), "DMAR faults: {faults:?}\n{}", run.dump());
+    assert!(
+        run.saw("IRVMM-ROOT-OK root=/dev/vda mode=rw"),
+        "{}",
+        run.dump()
+    );
+    assert!(!run.saw("IRVMM-ROOT-FAIL"), "{}", run.dump());
+    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+    let written = debugfs(&disk, &format!("cat {WRITE_TEST_FILE}"));
+    assert!(
+        written.contains(&format!("IRVMM-WRITE token={token}")),
+        "{WRITE_TEST_FILE} in the image reads {written:?}"
+    );
+}
+
 /// Panics reach irvmm through both pvpanic transports Linux drives (pvpanic-mmio for the
 /// ISA device, pvpanic-pci): the root disk's init crashes the kernel on request, and irvmm
 /// exits 123. An initramfs that finds no root disk says so and panics the same way.

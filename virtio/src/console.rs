@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use log::{debug, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::memory::DeviceMemory;
 use crate::segments::{Cursor, Segments};
 use crate::transport::DeviceSpec;
 use crate::worker::{drain_queue, pop_chain, Activation, DeviceError, QueueHandler};
@@ -142,7 +142,7 @@ impl ConsoleHandler {
 
     /// Fills the driver's receive buffers with pending input.
     fn fill_receiveq(&mut self, active: &mut Activation) -> Result<(), DeviceError> {
-        let mem: GuestMemoryMmap = active.mem.clone();
+        let mem = active.mem.clone();
         let mut used = false;
         {
             let Some(Some(queue)) = active.queues.get_mut(RECEIVEQ) else {
@@ -169,7 +169,7 @@ impl ConsoleHandler {
 }
 
 /// Copies as much of `pending` as fits `segs`' writable buffers; returns the bytes copied.
-fn write_input(pending: &mut VecDeque<u8>, segs: &Segments, mem: &GuestMemoryMmap) -> u32 {
+fn write_input(pending: &mut VecDeque<u8>, segs: &Segments, mem: &DeviceMemory) -> u32 {
     let mut w = Cursor::new(&segs.writable);
     let n = usize::try_from(w.remaining())
         .unwrap_or(usize::MAX)

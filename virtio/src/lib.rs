@@ -26,7 +26,9 @@
 //! irqfd vectors from its interrupt router, and calls
 //! [`VirtioPciDevice::masked_fire`] when a masked vector's eventfd fires.
 //!
-//! Guest memory is only reached through vm-memory (bounds-checked); nothing a guest writes
+//! Guest memory is only reached through vm-memory (bounds-checked), as [`DeviceMemory`]:
+//! guest-physical addresses, or I/O virtual addresses translated by the platform's IOMMU
+//! when the driver negotiated `VIRTIO_F_ACCESS_PLATFORM` ([`memory`]); nothing a guest writes
 //! into rings, descriptors or registers can panic the VMM: bad chains fail the request
 //! (virtio-blk: `VIRTIO_BLK_S_IOERR`) or, where the specification says so, the device sets
 //! `DEVICE_NEEDS_RESET` and sends a configuration-change interrupt.
@@ -34,11 +36,14 @@
 pub mod block;
 pub mod console;
 pub mod interrupt;
+pub mod memory;
 pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod segments;
 pub mod spec;
+#[cfg(test)]
+mod test_dma;
 pub mod transport;
 pub mod worker;
 
@@ -48,6 +53,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use block::{Block, BlockError, DiskConfig};
 pub use console::Console;
+pub use memory::{DeviceMemory, DmaView};
 pub use net::{Net, NetConfig, NetError};
 pub use rng::Rng;
 pub use transport::{DeviceSpec, VirtioPciDevice, VirtioPciError};

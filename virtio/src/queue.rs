@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemory};
 
 /// Why a queue's programming cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -24,8 +24,10 @@ pub enum QueueError {
         /// Its address.
         addr: u64,
     },
-    /// A ring does not lie in guest RAM.
-    #[error("rings (descriptors {desc:#x}, available {avail:#x}, used {used:#x}) are not all in guest RAM")]
+    /// A ring does not lie in guest RAM (or, through an IOMMU, is not mapped with the
+    /// access the device needs: read for the descriptor table and available ring, write
+    /// for the used ring).
+    #[error("rings (descriptors {desc:#x}, available {avail:#x}, used {used:#x}) are not all reachable in guest RAM")]
     OutsideRam {
         /// Descriptor table.
         desc: u64,
@@ -96,8 +98,9 @@ impl QueueRegs {
     }
 
     /// The queue virtio-queue processes: checked, ready, with event index as negotiated,
-    /// and every ring inside guest RAM.
-    pub fn build(&self, event_idx: bool, mem: &GuestMemoryMmap) -> Result<Queue, QueueError> {
+    /// and every ring inside guest RAM as `mem` addresses it (through the IOMMU when it
+    /// translates).
+    pub fn build<M: GuestMemory>(&self, event_idx: bool, mem: &M) -> Result<Queue, QueueError> {
         self.check()?;
         let mut q = Queue::new(self.max_size).map_err(|_| QueueError::MaxSize(self.max_size))?;
         let size = self.size;
@@ -127,6 +130,7 @@ impl QueueRegs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::GuestMemoryMmap;
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()

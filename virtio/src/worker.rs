@@ -14,7 +14,9 @@
 //! once it dropped the queues (after any request it was in the middle of), sets the device
 //! status to 0, which is what the driver waits for. A handler error the device cannot
 //! recover from sets `DEVICE_NEEDS_RESET` (with a configuration interrupt) and stops queue
-//! processing until the reset.
+//! processing until the reset. When the device's addresses go through the IOMMU, every
+//! event first checks that the started queues' rings are still mapped
+//! ([`Activation::check_rings`]): a ring the guest unmapped is such an error.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,10 +28,11 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 use log::{debug, error, warn};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::interrupt::VirtioInterrupt;
+use crate::memory::DeviceMemory;
 use crate::segments::Segments;
 
 /// Event data of the control eventfd.
@@ -48,6 +51,13 @@ pub enum DeviceError {
         queue: usize,
         /// What virtio-queue said.
         source: virtio_queue::Error,
+    },
+    /// Through the IOMMU, a ring of the queue is not mapped with the access the device
+    /// needs (the IOMMU recorded the fault).
+    #[error("queue {queue}: a ring is not reachable through the IOMMU")]
+    Unreachable {
+        /// Queue index.
+        queue: usize,
     },
 }
 
@@ -88,8 +98,9 @@ impl Interest {
 pub struct Activation {
     /// Queue `i` as the driver programmed it; `None` for queues it did not enable.
     pub queues: Vec<Option<Queue>>,
-    /// Guest memory.
-    pub mem: GuestMemoryMmap,
+    /// Guest memory as the device addresses it (through the IOMMU when the driver
+    /// negotiated `VIRTIO_F_ACCESS_PLATFORM`).
+    pub mem: DeviceMemory,
     /// The device's interrupts.
     pub interrupt: Arc<VirtioInterrupt>,
     /// The features the driver accepted.
@@ -97,6 +108,24 @@ pub struct Activation {
 }
 
 impl Activation {
+    /// With translated addresses, checks that every started queue's rings are mapped for
+    /// the device (descriptor table and available ring readable, used ring writable) before
+    /// it uses them: an unmapped ring is an error that needs a reset, which virtio-queue
+    /// alone would not report (a failed read of an available-ring entry just ends its
+    /// walk, so the device would stall). Guest-physical rings were checked when the device
+    /// started and RAM does not move.
+    pub fn check_rings(&self) -> Result<(), DeviceError> {
+        if !self.mem.is_translated() {
+            return Ok(());
+        }
+        for (queue, q) in self.queues.iter().enumerate() {
+            if q.as_ref().is_some_and(|q| !q.is_valid(&self.mem)) {
+                return Err(DeviceError::Unreachable { queue });
+            }
+        }
+        Ok(())
+    }
+
     /// Tells the driver that queue `index` has new used buffers, unless it asked not to be
     /// told (event index or `VRING_AVAIL_F_NO_INTERRUPT`).
     pub fn notify(&mut self, index: usize) {
@@ -121,7 +150,7 @@ pub fn drain_queue<F>(
     mut serve: F,
 ) -> Result<(bool, bool), DeviceError>
 where
-    F: FnMut(Segments, &GuestMemoryMmap) -> u32,
+    F: FnMut(Segments, &DeviceMemory) -> u32,
 {
     let mem = active.mem.clone();
     let Some(Some(queue)) = active.queues.get_mut(index) else {
@@ -155,9 +184,9 @@ where
 }
 
 /// Takes the next available chain of `queue`: its head index and buffers.
-pub fn pop_chain(
+pub fn pop_chain<M: GuestMemory>(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
 ) -> Result<Option<(u16, Segments)>, virtio_queue::Error> {
     let chain = queue.iter(mem)?.next();
     Ok(chain.map(|c| (c.head_index(), Segments::collect(c))))
@@ -290,7 +319,10 @@ impl Subscriber {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        match self.handler.process_queue(q, active) {
+        match active
+            .check_rings()
+            .and_then(|()| self.handler.process_queue(q, active))
+        {
             Ok(false) => {}
             Ok(true) => {
                 if let Some(fd) = self.notifiers.get(q) {
@@ -310,7 +342,11 @@ impl Subscriber {
         } else {
             self.active.as_mut()
         };
-        let keep = match self.handler.process_source(index, active) {
+        let checked = match active {
+            Some(a) => a.check_rings().map(|()| Some(a)),
+            None => Ok(None),
+        };
+        let keep = match checked.and_then(|a| self.handler.process_source(index, a)) {
             Ok(keep) => keep,
             Err(e) => {
                 warn!("{}: {e}; the device needs a reset", self.handler.name());

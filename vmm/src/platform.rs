@@ -167,6 +167,9 @@ struct PciSetup<'a> {
     vm: &'a Arc<VmFd>,
     /// Emulated devices' DMA path (the VT-d unit's translation, or identity).
     dma: Arc<dyn devices::dma::DmaTranslator>,
+    /// The DMA path virtio devices offer as `VIRTIO_F_ACCESS_PLATFORM`: the VT-d unit's
+    /// translation when there is one that remaps DMA, else none (not offered).
+    virtio_dma: Option<Arc<dyn devices::dma::DmaTranslator>>,
 }
 
 fn add_pci_devices(
@@ -238,9 +241,14 @@ fn add_pci_devices(
         add_pvpanic_pci(root, next, handler)?;
         next += 1;
     }
-    setup
-        .virtio
-        .attach(root, setup.router, setup.vm, setup.mem, next)?;
+    setup.virtio.attach(
+        root,
+        setup.router,
+        setup.vm,
+        setup.mem,
+        next,
+        setup.virtio_dma,
+    )?;
     root.assign_bars(PciWindow::MMIO32, Some(PciWindow::IO))
         .map_err(pci_error)?;
     Ok(())
@@ -407,6 +415,7 @@ pub fn build(
             intx: &intx,
             virtio: &mut virtio,
             vm: &vm,
+            virtio_dma: (config.iommu == IommuKind::Intel).then(|| dma.clone()),
             dma,
         },
         &config.devices,

@@ -3,14 +3,21 @@
 //! bus 0 after the `--device`s with its MSI-X vectors as irqfd sources of the interrupt
 //! router (so queue interrupts follow the guest's interrupt remapping and can be posted by
 //! the host) and its queue notifications as KVM ioeventfds.
+//!
+//! With a VT-d unit that remaps DMA (`--iommu intel`), each device offers
+//! `VIRTIO_F_ACCESS_PLATFORM` with the unit's translator and its function's requester ID:
+//! a driver that accepts it gives the device I/O virtual addresses, translated through the
+//! unit's IOTLB at every access (see `virtio::memory`); faults are recorded and signalled
+//! by the unit as for the emulated `edu`'s DMA.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use devices::dma::DmaTranslator;
 use devices::pci::{PciAddress, PciRoot, SharedPciFunction};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio::{
-    Block, Console, DeviceSpec, DiskConfig, IoEventRegistrar, Net, NetConfig, QueueHandler, Rng,
-    VirtioPciDevice,
+    Block, Console, DeviceSpec, DiskConfig, DmaView, IoEventRegistrar, Net, NetConfig,
+    QueueHandler, Rng, VirtioPciDevice,
 };
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -143,7 +150,8 @@ impl VirtioDevices {
     }
 
     /// Places the opened devices on bus 0 from the `first_index`-th device number on (see
-    /// [`crate::passthrough::device_number`]; `--device`s come first).
+    /// [`crate::passthrough::device_number`]; `--device`s come first). With `dma` (a VT-d
+    /// unit that remaps DMA) each offers `VIRTIO_F_ACCESS_PLATFORM` through it.
     pub fn attach(
         &mut self,
         root: &mut PciRoot,
@@ -151,6 +159,7 @@ impl VirtioDevices {
         vm: &Arc<VmFd>,
         mem: &GuestMemoryMmap,
         first_index: usize,
+        dma: Option<Arc<dyn DmaTranslator>>,
     ) -> Result<(), Error> {
         let registrar: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents(vm.clone()));
         for (k, opened) in std::mem::take(&mut self.pending).into_iter().enumerate() {
@@ -177,9 +186,15 @@ impl VirtioDevices {
                 )
                 .map_err(|e| Error::Platform(format!("{name}: {e}")))?;
             let sink = Arc::new(DeviceVectors::irqfd(router.clone(), &name, handles));
-            let function =
+            let mut function =
                 VirtioPciDevice::new(spec, handler, sink, fds, registrar.clone(), mem.clone())
                     .map_err(|e| Error::Platform(e.to_string()))?;
+            if let Some(translator) = &dma {
+                function = function.with_dma(DmaView {
+                    translator: translator.clone(),
+                    requester: address.source_id(),
+                });
+            }
             let device = Arc::new(Mutex::new(function));
             let _ = owner.0.set(Arc::downgrade(&device));
             self.attached.push(Attached {

@@ -71,6 +71,8 @@ pub const S_FEATURES_OK: u8 = 8;
 
 /// `VIRTIO_F_VERSION_1`.
 pub const F_VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_F_ACCESS_PLATFORM`: the device's addresses go through the platform's IOMMU.
+pub const F_ACCESS_PLATFORM: u64 = 1 << 33;
 /// "No MSI-X vector".
 pub const NO_VECTOR: u16 = 0xffff;
 
@@ -107,6 +109,15 @@ unsafe impl<const N: usize> Sync for Arena<N> {}
 static RINGS: Arena<{ RING_BYTES * MAX_QUEUES }> =
     Arena(UnsafeCell::new([0; RING_BYTES * MAX_QUEUES]));
 static DATA: Arena<DATA_BYTES> = Arena(UnsafeCell::new([0; DATA_BYTES]));
+
+/// Guest-physical address of queue `index`'s ring page (descriptor table, available and
+/// used rings in one 4 KiB page), for a driver that maps it into an IOMMU.
+pub fn ring_page(index: u16) -> Result<u64, Text> {
+    if usize::from(index) >= MAX_QUEUES {
+        return Err(text!("queue {} beyond the probe's {}", index, MAX_QUEUES));
+    }
+    Ok(RINGS.0.get() as u64 + RING_BYTES as u64 * u64::from(index))
+}
 
 /// Guest-physical (identity-mapped) address of data arena offset `offset`.
 pub fn data_addr(offset: usize) -> u64 {
@@ -305,18 +316,35 @@ impl Device {
         Ok(q)
     }
 
+    /// [`Device::setup_queue`] with the ring page given to the device as `iova` (where
+    /// the driver mapped [`ring_page`] in the IOMMU); the probe itself keeps using the
+    /// guest-physical page.
+    pub fn setup_queue_iova(&self, index: u16, vector: u16, iova: u64) -> Result<Virtq, Text> {
+        let q = self.setup_queue_unenabled_at(index, vector, Some(iova))?;
+        self.common.write16(QUEUE_ENABLE, 1);
+        Ok(q)
+    }
+
     /// [`Device::setup_queue`] without the final enable.
     fn setup_queue_unenabled(&self, index: u16, vector: u16) -> Result<Virtq, Text> {
-        if usize::from(index) >= MAX_QUEUES {
-            return Err(text!("queue {} beyond the probe's {}", index, MAX_QUEUES));
-        }
+        self.setup_queue_unenabled_at(index, vector, None)
+    }
+
+    /// [`Device::setup_queue_unenabled`], the rings at `device_addr` as the device sees
+    /// them (their guest-physical address when `None`).
+    fn setup_queue_unenabled_at(
+        &self,
+        index: u16,
+        vector: u16,
+        device_addr: Option<u64>,
+    ) -> Result<Virtq, Text> {
+        let ring = ring_page(index)?;
         self.common.write16(QUEUE_SELECT, index);
         let max = self.common.read16(QUEUE_SIZE);
         if max == 0 {
             return Err(text!("{} has no queue {}", self.function, index));
         }
         let size = max.min(QUEUE_ENTRIES);
-        let ring = RINGS.0.get() as u64 + RING_BYTES as u64 * u64::from(index);
         for i in (0..RING_BYTES as u64).step_by(8) {
             store::<u64>(ring + i, 0);
         }
@@ -330,9 +358,10 @@ impl Device {
                 vector
             ));
         }
-        self.common.write64(QUEUE_DESC, ring);
-        self.common.write64(QUEUE_DRIVER, ring + AVAIL_AT);
-        self.common.write64(QUEUE_DEVICE, ring + USED_AT);
+        let seen = device_addr.unwrap_or(ring);
+        self.common.write64(QUEUE_DESC, seen);
+        self.common.write64(QUEUE_DRIVER, seen + AVAIL_AT);
+        self.common.write64(QUEUE_DEVICE, seen + USED_AT);
         let off = u64::from(self.common.read16(QUEUE_NOTIFY_OFF));
         // The notify address is 2-byte aligned at least; map the qword around it.
         let addr = self.notify_base + off * u64::from(self.notify_multiplier);

@@ -16,7 +16,7 @@
 
 use log::{debug, warn};
 use virtio_bindings::virtio_blk::*;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemory};
 
 use super::image::{Bounce, DiskImage, BOUNCE_SIZE};
 use super::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, SERIAL_LEN};
@@ -82,7 +82,7 @@ impl BlockHandler {
     }
 
     /// Serves one chain; returns the used length.
-    pub fn execute(&mut self, mut segs: Segments, mem: &GuestMemoryMmap) -> u32 {
+    pub fn execute<M: GuestMemory>(&mut self, mut segs: Segments, mem: &M) -> u32 {
         let Some(status_addr) = segs.pop_last_writable_byte() else {
             debug!("{}: request without a status byte dropped", self.name);
             self.stats.dropped += 1;
@@ -120,7 +120,7 @@ impl BlockHandler {
     }
 
     /// Serves the request; `Ok` carries the data bytes written into the chain.
-    fn serve(&mut self, segs: &Segments, mem: &GuestMemoryMmap) -> Result<u64, Fail> {
+    fn serve<M: GuestMemory>(&mut self, segs: &Segments, mem: &M) -> Result<u64, Fail> {
         let mut reader = Cursor::new(&segs.readable);
         let mut header = [0u8; HEADER_SIZE];
         match reader.read(mem, &mut header) {
@@ -164,7 +164,7 @@ impl BlockHandler {
         Ok(bytes >> SECTOR_SHIFT)
     }
 
-    fn read(&mut self, sector: u64, segs: &Segments, mem: &GuestMemoryMmap) -> Result<u64, Fail> {
+    fn read<M: GuestMemory>(&mut self, sector: u64, segs: &Segments, mem: &M) -> Result<u64, Fail> {
         let total = segs.writable_len();
         self.sectors(sector, total)?;
         let mut w = Cursor::new(&segs.writable);
@@ -185,11 +185,11 @@ impl BlockHandler {
         Ok(total)
     }
 
-    fn write(
+    fn write<M: GuestMemory>(
         &mut self,
         sector: u64,
         mut r: Cursor<'_>,
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> Result<u64, Fail> {
         if self.image.readonly() {
             return Err(Fail::IoErr("write to a read-only disk"));
@@ -212,11 +212,11 @@ impl BlockHandler {
         Ok(0)
     }
 
-    fn discard(
+    fn discard<M: GuestMemory>(
         &mut self,
         zeroes: bool,
         mut r: Cursor<'_>,
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> Result<u64, Fail> {
         if self.image.readonly() {
             return Err(Fail::IoErr("discard or write-zeroes on a read-only disk"));

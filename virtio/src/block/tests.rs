@@ -463,3 +463,113 @@ fn features_and_config_space() {
     assert_eq!(f & (1 << VIRTIO_BLK_F_DISCARD), 0);
     assert_eq!(f & (1 << VIRTIO_BLK_F_MQ), 0);
 }
+
+/// Runs one chain whose addresses are IOVAs, served through `dm`; returns (used length,
+/// status byte at the status page's guest-physical address).
+fn run_through(
+    h: &mut BlockHandler,
+    m: &GuestMemoryMmap,
+    dm: &crate::memory::DeviceMemory,
+    descs: &[RawDescriptor],
+) -> (u32, u8) {
+    m.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
+    let q = MockSplitQueue::new(m, 16);
+    let chain = q.build_desc_chain(descs).unwrap();
+    let len = h.execute(Segments::collect(chain), dm);
+    (len, m.read_obj(GuestAddress(STATUS)).unwrap())
+}
+
+#[test]
+fn requests_through_the_iommu_land_in_the_mapped_pages_and_faults_fail_them() {
+    use crate::test_dma::{PageTable, FAULT_READ, FAULT_WRITE, PAGE, R};
+    const IOVA_HDR: u64 = 0x7_0000_0000;
+    const IOVA_DATA: u64 = 0x7_0001_0000;
+    const IOVA_STATUS: u64 = 0x7_0002_0000;
+    let img = TempImage::new(64);
+    let m = mem();
+    let mut h = handler(&img, false, None);
+    let table = PageTable::new();
+    table.map(IOVA_HDR, HDR, R);
+    table.map(IOVA_STATUS, STATUS, crate::test_dma::W);
+    // Three IOVA-contiguous data pages in reverse guest-physical order.
+    let rw = R | crate::test_dma::W;
+    for i in 0..3 {
+        table.map(IOVA_DATA + i * PAGE, DATA + (2 - i) * PAGE, rw);
+    }
+    let dm = table.memory(&m);
+    let guard = DATA + 3 * PAGE;
+    m.write_slice(&[0x77; 0x1000], GuestAddress(guard)).unwrap();
+
+    // A 12 KiB read in one descriptor reaches the three pages.
+    header(&m, VIRTIO_BLK_T_IN, 2);
+    let chain = [
+        d(IOVA_HDR, 16, 0),
+        d(IOVA_DATA, 0x3000, W),
+        d(IOVA_STATUS, 1, W),
+    ];
+    assert_eq!(run_through(&mut h, &m, &dm, &chain), (0x3001, 0));
+    let want = expected(2, 0x3000);
+    for i in 0..3u64 {
+        let mut got = vec![0u8; 0x1000];
+        m.read_slice(&mut got, GuestAddress(DATA + (2 - i) * PAGE))
+            .unwrap();
+        let o = (i * PAGE) as usize;
+        assert_eq!(got, want[o..o + 0x1000], "IOVA page {i}");
+    }
+
+    // A write from the same buffer reaches the image.
+    header(&m, VIRTIO_BLK_T_OUT, 20);
+    let chain = [
+        d(IOVA_HDR, 16, 0),
+        d(IOVA_DATA, 0x3000, 0),
+        d(IOVA_STATUS, 1, W),
+    ];
+    assert_eq!(run_through(&mut h, &m, &dm, &chain), (1, 0));
+    let image = fs::read(&img.0).unwrap();
+    assert_eq!(image[20 * 512..20 * 512 + 0x3000], want[..]);
+    assert_eq!(table.faults(), 0);
+
+    // The middle page unmapped: the read fails with IOERR, the unmapped page and the
+    // guard page keep their bytes, the fault names the page.
+    table.unmap(IOVA_DATA + PAGE);
+    m.write_slice(&[0x55; 0x1000], GuestAddress(DATA + PAGE))
+        .unwrap();
+    header(&m, VIRTIO_BLK_T_IN, 0);
+    let chain = [
+        d(IOVA_HDR, 16, 0),
+        d(IOVA_DATA, 0x3000, W),
+        d(IOVA_STATUS, 1, W),
+    ];
+    assert_eq!(run_through(&mut h, &m, &dm, &chain), (1, 1));
+    assert_eq!(table.last_fault(), Some((FAULT_WRITE, IOVA_DATA + PAGE)));
+    let mut page = vec![0u8; 0x1000];
+    m.read_slice(&mut page, GuestAddress(DATA + PAGE)).unwrap();
+    assert!(page.iter().all(|&b| b == 0x55), "the unmapped page changed");
+    m.read_slice(&mut page, GuestAddress(guard)).unwrap();
+    assert!(page.iter().all(|&b| b == 0x77), "the guard page changed");
+
+    // A write whose source is unmapped fails too and leaves the image alone.
+    header(&m, VIRTIO_BLK_T_OUT, 40);
+    let chain = [
+        d(IOVA_HDR, 16, 0),
+        d(IOVA_DATA, 0x3000, 0),
+        d(IOVA_STATUS, 1, W),
+    ];
+    assert_eq!(run_through(&mut h, &m, &dm, &chain), (1, 1));
+    assert_eq!(table.last_fault(), Some((FAULT_READ, IOVA_DATA + PAGE)));
+    assert_eq!(
+        fs::read(&img.0).unwrap()[40 * 512..44 * 512],
+        image[40 * 512..44 * 512]
+    );
+
+    // A header that cannot be read is IOERR; a status byte that cannot be written
+    // leaves nothing to report.
+    table.unmap(IOVA_HDR);
+    assert_eq!(run_through(&mut h, &m, &dm, &chain), (1, 1));
+    table.map(IOVA_HDR, HDR, R);
+    table.unmap(IOVA_STATUS);
+    header(&m, VIRTIO_BLK_T_FLUSH, 0);
+    let chain = [d(IOVA_HDR, 16, 0), d(IOVA_STATUS, 1, W)];
+    assert_eq!(run_through(&mut h, &m, &dm, &chain), (0, 0xee));
+    assert_eq!(h.stats().ioerr, 3);
+}

@@ -7,7 +7,7 @@
 //! range, gets `VIRTIO_NET_ERR`. A chain without a writable byte is used with length 0.
 
 use virtio_bindings::virtio_net::*;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemory};
 
 use super::offload::GUEST_OFFLOADS;
 use crate::segments::{Cursor, Segments};
@@ -32,7 +32,7 @@ pub enum Command {
 }
 
 /// Reads the command of a control chain.
-pub fn parse(segs: &Segments, mem: &GuestMemoryMmap, features: u64) -> Command {
+pub fn parse<M: GuestMemory>(segs: &Segments, mem: &M, features: u64) -> Command {
     let mut r = Cursor::new(&segs.readable);
     let mut hdr = [0u8; 2];
     if !matches!(r.read(mem, &mut hdr), Ok(2)) {
@@ -73,14 +73,9 @@ pub fn valid(cmd: Command, pairs: usize, features: u64) -> bool {
 
 /// Serves one control chain: `execute` applies a valid command and says whether it took
 /// effect. Returns the used length.
-pub fn serve<F>(
-    mut segs: Segments,
-    mem: &GuestMemoryMmap,
-    pairs: usize,
-    features: u64,
-    execute: F,
-) -> u32
+pub fn serve<M, F>(mut segs: Segments, mem: &M, pairs: usize, features: u64, execute: F) -> u32
 where
+    M: GuestMemory,
     F: FnOnce(Command) -> bool,
 {
     let Some(ack_at) = segs.pop_last_writable_byte() else {

@@ -10,7 +10,7 @@
 //! chains come back with length 0.
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemory;
 
 use super::offload::HDR_NUM_BUFFERS;
 use super::tap::VNET_HDR_LEN;
@@ -39,9 +39,9 @@ pub struct Outcome {
 }
 
 /// Puts `frame` (header included, header already checked) into `queue`'s buffers.
-pub fn deliver(
+pub fn deliver<M: GuestMemory>(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     frame: &mut [u8],
     mergeable: bool,
 ) -> Result<Outcome, virtio_queue::Error> {

@@ -200,7 +200,7 @@ impl Rig {
             mem: mem.clone(),
             active: Activation {
                 queues,
-                mem,
+                mem: mem.into(),
                 interrupt,
                 features,
             },

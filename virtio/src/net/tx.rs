@@ -11,7 +11,7 @@
 
 use log::debug;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemory;
 
 use super::backend::NetBackend;
 use super::offload::check_tx;
@@ -45,9 +45,9 @@ pub enum TxEnd {
 /// Takes the next available chain: its head, its buffers, and whether it ended properly
 /// (its last descriptor has no `NEXT`: it neither loops nor runs into a bad index or
 /// indirect table, where virtio-queue's walk stops early).
-pub fn pop_whole_chain(
+pub fn pop_whole_chain<M: GuestMemory>(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
 ) -> Result<Option<(u16, Segments, bool)>, virtio_queue::Error> {
     let Some(chain) = queue.iter(mem)?.next() else {
         return Ok(None);
@@ -70,7 +70,7 @@ pub fn pop_whole_chain(
 }
 
 /// Copies a chain's readable bytes into `buf`: the frame's length, or why not.
-fn gather(segs: &Segments, mem: &GuestMemoryMmap, buf: &mut [u8]) -> Result<usize, &'static str> {
+fn gather<M: GuestMemory>(segs: &Segments, mem: &M, buf: &mut [u8]) -> Result<usize, &'static str> {
     let len = usize::try_from(segs.readable_len()).unwrap_or(usize::MAX);
     let dst = buf.get_mut(..len).ok_or("frame too long")?;
     match Cursor::new(&segs.readable).read(mem, dst) {

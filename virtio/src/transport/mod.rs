@@ -6,8 +6,12 @@
 //! Identity: vendor 0x1af4, device 0x1040 + virtio type, revision 1 (modern only, no
 //! legacy I/O BAR), subsystem 0x1af4:0x1100, no INTx (interrupt pin 0: MSI-X is required;
 //! Linux and the probe use it). Offered transport features: `VIRTIO_F_VERSION_1`,
-//! `VIRTIO_RING_F_EVENT_IDX`, `VIRTIO_RING_F_INDIRECT_DESC`; never `ACCESS_PLATFORM`
-//! (there is no DMA remapping).
+//! `VIRTIO_RING_F_EVENT_IDX`, `VIRTIO_RING_F_INDIRECT_DESC`, and `VIRTIO_F_ACCESS_PLATFORM`
+//! when the VMM gave the device a DMA translator ([`VirtioPciDevice::with_dma`]: a VT-d
+//! unit that remaps DMA). When the driver accepts it, the device's rings and buffers are
+//! I/O virtual addresses translated for the function's requester ID at every access
+//! ([`crate::memory`]); when it does not, they are guest-physical addresses as without an
+//! IOMMU.
 //!
 //! Notifications: each queue's eventfd is registered (KVM_IOEVENTFD, any write size, no
 //! data match) at `BAR 0 + 0x3000 + 4 q` whenever memory decoding is on and the BAR is
@@ -33,7 +37,7 @@ use devices::pci::{
 };
 use log::{debug, info, warn};
 use thiserror::Error;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -41,6 +45,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use self::common::{CommonConfig, CommonEffect};
 use self::layout::*;
 use crate::interrupt::VirtioInterrupt;
+use crate::memory::{DeviceMemory, DmaView};
 use crate::spec::*;
 use crate::worker::{Activation, QueueHandler, Worker, WorkerError};
 use crate::IoEventRegistrar;
@@ -49,6 +54,9 @@ use crate::IoEventRegistrar;
 pub const TRANSPORT_FEATURES: u64 = feature(VIRTIO_F_VERSION_1)
     | feature(VIRTIO_RING_F_EVENT_IDX)
     | feature(VIRTIO_RING_F_INDIRECT_DESC);
+
+/// `VIRTIO_F_ACCESS_PLATFORM` as a mask: offered with a DMA translator.
+pub const ACCESS_PLATFORM: u64 = feature(VIRTIO_F_ACCESS_PLATFORM);
 
 /// What a device type tells the transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +139,8 @@ pub struct VirtioPciDevice {
     /// Where the notification eventfds are registered now.
     notify_base: Option<u64>,
     mem: GuestMemoryMmap,
+    /// The device's DMA translation, offered as `VIRTIO_F_ACCESS_PLATFORM`.
+    dma: Option<DmaView>,
     worker: Worker,
     caps: Caps,
 }
@@ -306,9 +316,23 @@ impl VirtioPciDevice {
             bar_address: 0,
             notify_base: None,
             mem,
+            dma: None,
             worker,
             caps: Caps { pci_cfg },
         })
+    }
+
+    /// Offers `VIRTIO_F_ACCESS_PLATFORM`: when the driver accepts it, the device reaches
+    /// its rings and buffers through `view` (the platform IOMMU's translation for the
+    /// function's requester ID). Call before the guest sees the device.
+    pub fn with_dma(mut self, view: DmaView) -> Self {
+        self.common = CommonConfig::new(
+            self.spec.features | TRANSPORT_FEATURES | ACCESS_PLATFORM,
+            &self.spec.queue_sizes,
+            self.interrupt.clone(),
+        );
+        self.dma = Some(view);
+        self
     }
 
     /// The device's name.
@@ -401,13 +425,19 @@ impl VirtioPciDevice {
 
     fn start(&mut self, features: u64) {
         let event_idx = features & feature(VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mem = match &self.dma {
+            Some(view) if features & ACCESS_PLATFORM != 0 => {
+                DeviceMemory::translated(self.mem.clone(), view.clone())
+            }
+            _ => DeviceMemory::physical(self.mem.clone()),
+        };
         let mut queues = Vec::new();
         for (q, regs) in self.common.queues().iter().enumerate() {
             if !regs.enabled {
                 queues.push(None);
                 continue;
             }
-            match regs.build(event_idx, &self.mem) {
+            match regs.build(event_idx, &mem) {
                 Ok(queue) => queues.push(Some(queue)),
                 Err(e) => {
                     warn!(
@@ -420,14 +450,19 @@ impl VirtioPciDevice {
             }
         }
         info!(
-            "{}: started (features {features:#x}, {} of {} queues)",
+            "{}: started (features {features:#x}, {} of {} queues{})",
             self.spec.name,
             queues.iter().filter(|q| q.is_some()).count(),
-            queues.len()
+            queues.len(),
+            if mem.is_translated() {
+                ", addresses through the IOMMU"
+            } else {
+                ""
+            }
         );
         self.worker.activate(Activation {
             queues,
-            mem: self.mem.clone(),
+            mem,
             interrupt: self.interrupt.clone(),
             features,
         });

@@ -68,6 +68,11 @@ struct Bench {
 }
 
 fn rng() -> Bench {
+    rng_with(None)
+}
+
+/// A virtio-rng bench whose device got `dma` (offering ACCESS_PLATFORM) when given.
+fn rng_with(dma: Option<crate::memory::DmaView>) -> Bench {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap();
     let rng = Rng::open().unwrap();
     let spec = rng.spec();
@@ -85,6 +90,10 @@ fn rng() -> Bench {
         mem.clone(),
     )
     .unwrap();
+    let dev = match dma {
+        Some(view) => dev.with_dma(view),
+        None => dev,
+    };
     Bench {
         dev,
         mem,
@@ -129,27 +138,47 @@ impl Bench {
     /// Negotiates VERSION_1 and programs queue 0 with 16 entries, vector 0 for it and
     /// vector 1 for configuration changes.
     fn setup(&mut self, size: u16) {
+        self.setup_at(size, 1, 0);
+    }
+    /// As [`Bench::setup`], accepting the high feature dword `features_hi` and giving the
+    /// device ring addresses `offset` above their guest-physical ones.
+    fn setup_at(&mut self, size: u16, features_hi: u32, offset: u64) {
         self.place();
         self.msix();
         self.set_status(ACK);
         self.w(COMMON_OFFSET + DRIVER_FEATURE_SELECT, &1u32.to_le_bytes());
-        self.w(COMMON_OFFSET + DRIVER_FEATURE, &1u32.to_le_bytes());
+        self.w(COMMON_OFFSET + DRIVER_FEATURE, &features_hi.to_le_bytes());
         self.set_status(ACK | FOK);
         assert_eq!(self.status(), ACK | FOK);
         self.w(COMMON_OFFSET + CONFIG_MSIX_VECTOR, &1u16.to_le_bytes());
         self.w(COMMON_OFFSET + QUEUE_SELECT, &0u16.to_le_bytes());
         self.w(COMMON_OFFSET + QUEUE_SIZE, &size.to_le_bytes());
         self.w(COMMON_OFFSET + QUEUE_MSIX_VECTOR, &0u16.to_le_bytes());
-        self.w(COMMON_OFFSET + QUEUE_DESC_LO, &DESC.to_le_bytes());
-        self.w(COMMON_OFFSET + QUEUE_DRIVER_LO, &AVAIL.to_le_bytes());
-        self.w(COMMON_OFFSET + QUEUE_DEVICE_LO, &USED.to_le_bytes());
+        for (reg, addr) in [
+            (QUEUE_DESC_LO, DESC),
+            (QUEUE_DRIVER_LO, AVAIL),
+            (QUEUE_DEVICE_LO, USED),
+        ] {
+            self.w(COMMON_OFFSET + reg, &(addr + offset).to_le_bytes());
+        }
         self.w(COMMON_OFFSET + QUEUE_ENABLE, &1u16.to_le_bytes());
+    }
+    /// The device features, both dwords.
+    fn device_features(&mut self) -> u64 {
+        self.w(COMMON_OFFSET + DEVICE_FEATURE_SELECT, &0u32.to_le_bytes());
+        let lo = self.r(COMMON_OFFSET + DEVICE_FEATURE, 4);
+        self.w(COMMON_OFFSET + DEVICE_FEATURE_SELECT, &1u32.to_le_bytes());
+        lo | self.r(COMMON_OFFSET + DEVICE_FEATURE, 4) << 32
     }
     /// Offers one writable buffer of `len` bytes as available entry `n` and kicks queue 0.
     fn offer(&mut self, n: u16, len: u32) {
+        self.offer_at(n, len, 0);
+    }
+    /// As [`Bench::offer`], the buffer's address given `offset` above its guest-physical one.
+    fn offer_at(&mut self, n: u16, len: u32, offset: u64) {
         let d = DESC + 16 * u64::from(n % 16);
         self.mem
-            .write_obj(BUF + 0x100 * u64::from(n), GuestAddress(d))
+            .write_obj(BUF + 0x100 * u64::from(n) + offset, GuestAddress(d))
             .unwrap();
         self.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
         self.mem
@@ -393,4 +422,112 @@ fn no_interrupt_without_bus_mastering() {
         b.vectors[0].read().is_err(),
         "an MSI with bus mastering off"
     );
+}
+
+/// Where the IOMMU tests' IOVAs are: this far above the guest-physical addresses.
+const IOVA_OFFSET: u64 = 0x40_0000_0000;
+
+/// A page table mapping the rings' page range and the buffer pages at [`IOVA_OFFSET`].
+fn iommu_table() -> Arc<crate::test_dma::PageTable> {
+    use crate::test_dma::{PageTable, R, W};
+    let table = PageTable::new();
+    table.map_range(DESC + IOVA_OFFSET, DESC, 3, R | W);
+    table.map_range(BUF + IOVA_OFFSET, BUF, 2, R | W);
+    table
+}
+
+#[test]
+fn access_platform_is_offered_only_with_a_translator() {
+    let mut plain = rng();
+    assert_eq!(plain.device_features() & ACCESS_PLATFORM, 0);
+    let mut b = rng_with(Some(iommu_table().view()));
+    let f = b.device_features();
+    assert_eq!(f & ACCESS_PLATFORM, ACCESS_PLATFORM);
+    assert_eq!(f & !ACCESS_PLATFORM, plain.device_features());
+}
+
+#[test]
+fn negotiated_access_platform_serves_rings_and_buffers_at_iovas() {
+    let table = iommu_table();
+    let mut b = rng_with(Some(table.view()));
+    // VERSION_1 | ACCESS_PLATFORM.
+    b.setup_at(16, 3, IOVA_OFFSET);
+    b.set_status(ACK | FOK | DOK);
+    assert_eq!(b.status(), ACK | FOK | DOK);
+    b.offer_at(0, 64, IOVA_OFFSET);
+    assert!(wait(|| b.used_idx() == 1), "request not completed");
+    let used_len: u32 = b.mem.read_obj(GuestAddress(USED + 8)).unwrap();
+    assert_eq!(used_len, 64);
+    let mut got = [0u8; 64];
+    b.mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert!(
+        got.iter().any(|&x| x != 0),
+        "the buffer's page got the bytes"
+    );
+    assert_eq!(table.faults(), 0);
+
+    // The buffer's page unmapped: the request completes empty, the page is untouched and
+    // the IOMMU saw the fault; the device keeps working.
+    table.unmap(BUF + IOVA_OFFSET + 0x100);
+    b.mem
+        .write_slice(&[0u8; 64], GuestAddress(BUF + 0x100))
+        .unwrap();
+    b.offer_at(1, 64, IOVA_OFFSET);
+    assert!(wait(|| b.used_idx() == 2), "request not completed");
+    let used_len: u32 = b.mem.read_obj(GuestAddress(USED + 16)).unwrap();
+    assert_eq!(used_len, 0);
+    let mut page = [0u8; 64];
+    b.mem
+        .read_slice(&mut page, GuestAddress(BUF + 0x100))
+        .unwrap();
+    assert_eq!(page, [0u8; 64]);
+    assert_eq!(
+        table.last_fault(),
+        Some((crate::test_dma::FAULT_WRITE, BUF + IOVA_OFFSET + 0x100))
+    );
+    assert_eq!(b.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
+
+    // The available ring's page unmapped: the next kick needs a reset, with a
+    // configuration interrupt, and nothing more is used.
+    table.unmap(AVAIL + IOVA_OFFSET);
+    while b.vectors[1].read().is_ok() {}
+    b.offer_at(2, 64, IOVA_OFFSET);
+    assert!(wait(|| b.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8 != 0));
+    assert!(
+        wait(|| b.vectors[1].read().is_ok()),
+        "no configuration interrupt"
+    );
+    assert_eq!(b.used_idx(), 2);
+    assert_eq!(
+        table.last_fault(),
+        Some((crate::test_dma::FAULT_READ, AVAIL + IOVA_OFFSET))
+    );
+}
+
+#[test]
+fn without_access_platform_addresses_stay_guest_physical() {
+    let table = iommu_table();
+    let mut b = rng_with(Some(table.view()));
+    b.setup(16);
+    b.set_status(ACK | FOK | DOK);
+    b.offer(0, 32);
+    assert!(wait(|| b.used_idx() == 1), "request not completed");
+    assert_eq!(table.faults(), 0, "the IOMMU was never asked");
+}
+
+#[test]
+fn unmapped_rings_at_driver_ok_need_a_reset() {
+    let table = iommu_table();
+    // The used ring only readable: the device cannot write it.
+    table.map(USED + IOVA_OFFSET, USED, crate::test_dma::R);
+    let mut b = rng_with(Some(table.view()));
+    b.setup_at(16, 3, IOVA_OFFSET);
+    b.set_status(ACK | FOK | DOK);
+    assert_ne!(b.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
+    assert_eq!(
+        table.last_fault(),
+        Some((crate::test_dma::FAULT_WRITE, USED + IOVA_OFFSET))
+    );
+    b.set_status(0);
+    assert!(wait(|| b.status() == 0));
 }

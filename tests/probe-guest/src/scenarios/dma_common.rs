@@ -72,9 +72,24 @@ pub struct Rig {
 pub fn bring_up(ctx: &Context, name: &str, function: crate::pci::Function) -> Result<Rig, Text> {
     let smp = smp::prepare(ctx)?;
     let platform = ir_common::discover(ctx)?;
+    let vtd = ir_common::enable(&platform.pci_unit(function)?, smp.clock, IR_TABLE_LOG2)?;
+    translate(ctx, name, smp, platform, vtd, function)
+}
+
+/// The second half of [`bring_up`], for a unit whose queued invalidation and interrupt
+/// remapping are already on (a scenario that set up its device's interrupts first): the
+/// tables, `function`'s context through an empty [`DOMAIN_ID`] table, translation on,
+/// fault events to the BSP.
+pub fn translate(
+    ctx: &Context,
+    name: &str,
+    smp: Smp,
+    platform: IrPlatform,
+    mut vtd: Vtd,
+    function: crate::pci::Function,
+) -> Result<Rig, Text> {
     let ram_end = vfio_common::ram_end(&ctx.start_info)?;
     irq::set_handler(EVENT_VECTOR, tally::on_event)?;
-    let mut vtd = ir_common::enable(&platform.pci_unit(function)?, smp.clock, IR_TABLE_LOG2)?;
     let caps = vtd.dma_caps();
     let levels = caps.levels().ok_or_else(|| {
         text!(

@@ -75,6 +75,7 @@ mod vfio_remap;
 mod virtio_blk;
 mod virtio_blk_bad;
 mod virtio_blk_bench;
+mod virtio_blk_iommu;
 mod virtio_common;
 mod virtio_console;
 mod virtio_net;
@@ -342,6 +343,11 @@ pub static ALL: &[Scenario] = &[
         name: "virtio-blk-bench",
         summary: "virtio-blk polled: probe.ops random 4 KiB reads and probe.seq_mib MiB of 64 KiB reads at probe.qd in flight",
         run: virtio_blk_bench::run,
+    },
+    Scenario {
+        name: "virtio-blk-iommu",
+        summary: "virtio-blk through VT-d DMA remapping with ACCESS_PLATFORM: rings and buffers at IOVAs, an unmapped buffer page fails the request (IOERR), an unmapped ring needs a reset; nothing outside the mapping changes",
+        run: virtio_blk_iommu::run,
     },
     Scenario {
         name: "virtio-console",

@@ -249,6 +249,12 @@ impl Irqs {
             .sum()
     }
 
+    /// Hands the remapping unit over (for a scenario that goes on to enable DMA
+    /// translation on it); vectors can no longer be moved afterwards.
+    pub fn take_vtd(&mut self) -> Option<Vtd> {
+        self._vtd.take()
+    }
+
     /// Moves MSI-X vector `vector` to APIC ID `to` by rewriting its IRTE and invalidating
     /// it (index-selective), leaving the device's MSI-X table alone: the next interrupt
     /// must arrive there. Needs remapping.
