@@ -14,11 +14,12 @@
 //! IOVA is the guest-physical address); the VMM's VT-d translator (`vmm::iommu::dma`),
 //! which walks the guest's tables through the emulated unit's IOTLB.
 //!
-//! Virtio devices adopt this when the guest negotiates VIRTIO_F_ACCESS_PLATFORM: their
-//! descriptor tables, rings and buffers are then IOVAs, to be turned into guest-physical
-//! segments with [`DmaTranslator::translate`] (a buffer may span several segments) before
-//! vm-memory accesses, and a [`DmaError`] makes the request fail as the virtio
-//! specification says (an error status, or NEEDS_RESET when a ring is unreachable).
+//! Virtio devices use the same translator when the guest negotiates
+//! VIRTIO_F_ACCESS_PLATFORM (`virtio::memory::DeviceMemory`): their descriptor tables, rings
+//! and buffers are then IOVAs, turned into guest-physical segments with
+//! [`DmaTranslator::translate`] (a buffer may span several segments) at every access, and a
+//! [`DmaError`] makes the request fail as the virtio specification says (an error status, a
+//! dropped frame, or DEVICE_NEEDS_RESET when a ring is unreachable).
 
 use std::sync::Arc;
 
