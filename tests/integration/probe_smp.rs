@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_probe_pass, run_probe, skip};
+use common::{assert_probe_pass, run_probe, run_probe_cmdline, skip};
 
 macro_rules! probe_or_skip {
     ($test:expr, $scenario:expr, $args:expr) => {
@@ -24,6 +24,20 @@ fn smp_288_vcpus_with_apic_ids_above_255() {
 fn smp_1024_vcpus() {
     let run = probe_or_skip!("smp_1024", "smp", &["--cpus", "1024", "--memory", "128M"]);
     assert_probe_pass(&run, "smp", &["cpus=1024", "max_apic_id=1023"]);
+}
+
+/// APs start in wait-for-SIPI, as after power-on: SIPIs without an INIT start them (KVM's
+/// own initial state would ignore such SIPIs, and a firmware's halted APs would too).
+#[test]
+fn smp_sipi_alone_starts_power_on_aps() {
+    let run = match run_probe_cmdline(
+        "probe=smp probe.init=0",
+        &["--cpus", "288", "--memory", "128M"],
+    ) {
+        Ok(r) => r,
+        Err(why) => return skip("smp_sipi_alone", &why),
+    };
+    assert_probe_pass(&run, "smp", &["cpus=288", "max_apic_id=287"]);
 }
 
 #[test]

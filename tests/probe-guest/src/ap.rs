@@ -216,15 +216,26 @@ fn install_trampoline() -> Result<(), Text> {
     Ok(())
 }
 
-/// Starts the APs with x2APIC IDs `ap_ids` (INIT to all, then SIPI to all, twice) and waits
-/// until all have reported or the deadline passes. Call once per boot, on the BSP, in x2APIC
-/// mode, after [`irq::init`] and with the wake-up tick running.
+/// How the BSP wakes the APs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// INIT to all, then SIPI to all, twice (the MP specification's sequence).
+    InitSipiSipi,
+    /// SIPI to all, twice, no INIT: starts only APs already in wait-for-SIPI, as they are
+    /// after power-on (SDM vol. 3, 9.4.1) and before any firmware ran.
+    SipiOnly,
+}
+
+/// Starts the APs with x2APIC IDs `ap_ids` (see [`Wake`]) and waits until all have reported
+/// or the deadline passes. Call once per boot, on the BSP, in x2APIC mode, after
+/// [`irq::init`] and with the wake-up tick running.
 pub fn start(
     clock: &Clock,
     si: &StartInfo,
     cmdline: &[u8],
     ap_ids: &[u32],
     mode: ApMode,
+    wake: Wake,
 ) -> Result<BringUp, Text> {
     if ap_ids.len() > MAX_APS {
         return Err(text!(
@@ -242,7 +253,7 @@ pub fn start(
     // trampoline page. INIT parks them in wait-for-SIPI; SIPI starts them at the trampoline
     // (a second SIPI is ignored by a CPU that already left wait-for-SIPI).
     unsafe {
-        for &id in ap_ids {
+        for &id in ap_ids.iter().filter(|_| wake == Wake::InitSipiSipi) {
             apic::send_ipi(
                 id,
                 apic::ICR_DELIVERY_INIT | apic::ICR_LEVEL_ASSERT | apic::ICR_TRIGGER_EDGE,

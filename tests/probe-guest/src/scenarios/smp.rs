@@ -4,18 +4,19 @@
 //! starts every other CPU with INIT-SIPI-SIPI through the x2APIC ICR (all at once, then one
 //! collective deadline of 5 s + 50 ms per AP), and checks that the x2APIC IDs the APs report
 //! from their own ID register are exactly the MADT's IDs without the BSP's. Passes with
-//! `cpus=<N including the BSP> max_apic_id=<M>`.
+//! `cpus=<N including the BSP> max_apic_id=<M>`. `probe.init=0` leaves the INITs out: the
+//! SIPIs alone start APs that are still in their power-on wait-for-SIPI state.
 //!
 //! [`prepare`] and [`bring_up`] are shared with the `ipi` and `ioapic-extdest` scenarios.
 
 use super::Context;
 use crate::acpi::madt::Madt;
 use crate::acpi::{self, Table};
-use crate::ap::{self, ApMode, BringUp};
+use crate::ap::{self, ApMode, BringUp, Wake};
 use crate::clock::Clock;
 use crate::cpus::{self, CpuList, MAX_CPUS};
 use crate::report::{Outcome, Text};
-use crate::{apic, irq, sprintln, text, x86};
+use crate::{apic, irq, pvh, sprintln, text, x86};
 
 /// Legacy PIC data ports (OCW1 = interrupt mask): master and slave.
 const PIC_MASTER_DATA: u16 = 0x21;
@@ -90,10 +91,15 @@ pub fn prepare(ctx: &Context) -> Result<Smp, Text> {
 /// Starts every AP in `mode` and checks that the IDs they report are the MADT's (without the
 /// BSP). Prints one progress line with the time taken.
 pub fn bring_up(ctx: &Context, smp: &Smp, mode: ApMode) -> Result<BringUp, Text> {
+    bring_up_with(ctx, smp, mode, Wake::InitSipiSipi)
+}
+
+/// [`bring_up`] with the wake-up sequence chosen.
+fn bring_up_with(ctx: &Context, smp: &Smp, mode: ApMode, wake: Wake) -> Result<BringUp, Text> {
     let mut expected = [0u32; MAX_CPUS];
     let n = smp.cpus.aps(smp.bsp_id, &mut expected);
     let expected = &expected[..n];
-    let b = ap::start(&smp.clock, &ctx.start_info, ctx.cmdline, expected, mode)?;
+    let b = ap::start(&smp.clock, &ctx.start_info, ctx.cmdline, expected, mode, wake)?;
     sprintln!(
         "smp: {} of {} APs up in {} ms (slots claimed {})",
         b.arrived,
@@ -123,8 +129,13 @@ pub fn bring_up(ctx: &Context, smp: &Smp, mode: ApMode) -> Result<BringUp, Text>
 
 /// Runs the scenario.
 pub fn run(ctx: &Context) -> Outcome {
+    let wake = match pvh::cmdline_u32(ctx.cmdline, "probe.init", 1)? {
+        0 => Wake::SipiOnly,
+        1 => Wake::InitSipiSipi,
+        other => return Err(text!("probe.init={} is neither 0 nor 1", other)),
+    };
     let smp = prepare(ctx)?;
-    bring_up(ctx, &smp, ApMode::Halt)?;
+    bring_up_with(ctx, &smp, ApMode::Halt, wake)?;
     irq::stop_tick();
     Ok(text!(
         "cpus={} max_apic_id={}",
