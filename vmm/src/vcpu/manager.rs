@@ -4,8 +4,10 @@
 //!
 //! # Threads
 //!
-//! [`CpuManager::spawn`] creates every thread; each unblocks the kick signal and waits at a
-//! gate. [`CpuManager::start`] opens the gate for all of them at once. A thread then runs
+//! [`CpuManager::spawn`] creates every thread; each unblocks the kick signal, does its
+//! vCPU's one-time preparation ([`VcpuRun::prepare`], in parallel with the others) and waits
+//! at a gate. [`CpuManager::start`] waits until every thread is prepared, then opens the gate
+//! for all of them at once. A thread then runs
 //!
 //! ```text
 //! loop {
@@ -59,6 +61,12 @@ pub trait VcpuRun: Send + 'static {
     /// must stay valid as long as the vCPU value lives.
     fn immediate_exit(&mut self) -> ImmediateExit;
 
+    /// One-time work on the vCPU's own thread before the gate opens (for a KVM AP: priming
+    /// its first entry, see [`super::prime`]). Nothing of the guest runs yet.
+    fn prepare(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Enters the guest once and handles the exit. Must return [`RunStep::Interrupted`]
     /// promptly when the kick signal arrives or [`VcpuRun::immediate_exit`] is set on entry.
     fn run_once(&mut self) -> RunStep;
@@ -94,6 +102,24 @@ pub enum ManagerError {
     /// `pause` before `start`.
     #[error("the vCPUs have not been started")]
     NotStarted,
+    /// A vCPU's preparation failed.
+    #[error("vCPU {index}: {message}")]
+    Prepare {
+        /// The vCPU.
+        index: usize,
+        /// Why.
+        message: String,
+    },
+    /// Not every thread was prepared in time.
+    #[error("{done} of {expected} vCPU threads were prepared within {timeout:?}")]
+    NotPrepared {
+        /// Threads that were.
+        done: usize,
+        /// Threads that had to be.
+        expected: usize,
+        /// How long the manager waited.
+        timeout: Duration,
+    },
 }
 
 /// The request every vCPU thread looks at before entering the guest.
@@ -120,6 +146,10 @@ impl Request {
 struct Counts {
     /// The gate is open.
     started: bool,
+    /// Threads done with [`VcpuRun::prepare`] (successfully or not).
+    prepared: usize,
+    /// The first preparation that failed: the vCPU and why.
+    failed: Option<(usize, String)>,
     /// Threads parked by a pause request.
     paused: usize,
     /// Threads whose loop ended (stop request, vCPU stopped, panic).
@@ -164,6 +194,16 @@ impl Control {
             counts = self.cv.wait(counts).unwrap_or_else(|p| p.into_inner());
         }
         counts.paused -= 1;
+        self.cv.notify_all();
+    }
+
+    /// Records that the calling thread's preparation is over (`Err`: it failed).
+    fn prepared(&self, index: usize, result: Result<(), String>) {
+        let mut counts = self.counts();
+        counts.prepared += 1;
+        if let Err(message) = result {
+            counts.failed.get_or_insert((index, message));
+        }
         self.cv.notify_all();
     }
 
@@ -230,11 +270,15 @@ fn vcpu_thread<V: VcpuRun>(
     kick: ImmediateExit,
 ) -> V {
     if let Err(e) = kick::unblock_in_this_thread() {
-        (control.on_panic)(index, &e.to_string());
+        control.prepared(index, Err(e.to_string()));
         control.ended();
         return vcpu;
     }
-    if control.wait_for_start() {
+    let prepared = catch_unwind(AssertUnwindSafe(|| vcpu.prepare()))
+        .unwrap_or_else(|payload| Err(format!("panicked: {}", panic_message(payload.as_ref()))));
+    let ok = prepared.is_ok();
+    control.prepared(index, prepared);
+    if ok && control.wait_for_start() {
         let result = catch_unwind(AssertUnwindSafe(|| loop {
             match control.request() {
                 Request::Stop => return,
@@ -311,11 +355,29 @@ impl<V: VcpuRun> CpuManager<V> {
         self.handles.is_empty()
     }
 
-    /// Lets every thread enter its guest.
-    pub fn start(&self) {
+    /// Waits until every thread has prepared its vCPU, then lets every thread enter its
+    /// guest. Fails, opening nothing, when a preparation failed or did not end within
+    /// [`ACKNOWLEDGE_TIMEOUT`]; the threads then wait at the gate until [`CpuManager::stop`].
+    pub fn start(&self) -> Result<(), ManagerError> {
+        let expected = self.handles.len();
+        self.control
+            .wait_until(
+                ACKNOWLEDGE_TIMEOUT,
+                |c| c.prepared >= expected,
+                |c| c.prepared,
+            )
+            .map_err(|done| ManagerError::NotPrepared {
+                done,
+                expected,
+                timeout: ACKNOWLEDGE_TIMEOUT,
+            })?;
         let mut counts = self.control.counts();
+        if let Some((index, message)) = counts.failed.clone() {
+            return Err(ManagerError::Prepare { index, message });
+        }
         counts.started = true;
         self.control.cv.notify_all();
+        Ok(())
     }
 
     /// Kicks every thread that has not been joined.
@@ -455,6 +517,12 @@ mod tests {
         runs: usize,
         total: Arc<AtomicUsize>,
         blocked: bool,
+        /// What `prepare` does: sleep this long, then fail with this message if any.
+        prep: (Duration, Option<&'static str>),
+        /// When `prepare` finished.
+        prepared_at: Option<Instant>,
+        /// When `run_once` first ran.
+        first_run_at: Option<Instant>,
     }
 
     impl Fake {
@@ -466,6 +534,9 @@ mod tests {
                 runs: 0,
                 total: total.clone(),
                 blocked: false,
+                prep: (Duration::ZERO, None),
+                prepared_at: None,
+                first_run_at: None,
             }
         }
 
@@ -506,7 +577,17 @@ mod tests {
             k
         }
 
+        fn prepare(&mut self) -> Result<(), String> {
+            std::thread::sleep(self.prep.0);
+            self.prepared_at = Some(Instant::now());
+            match self.prep.1 {
+                Some(why) => Err(why.to_string()),
+                None => Ok(()),
+            }
+        }
+
         fn run_once(&mut self) -> RunStep {
+            self.first_run_at.get_or_insert_with(Instant::now);
             self.runs += 1;
             self.total.fetch_add(1, Ordering::SeqCst);
             match self.behaviour {
@@ -527,9 +608,16 @@ mod tests {
 
     fn manager(behaviours: &[Behaviour]) -> (CpuManager<Fake>, Arc<AtomicUsize>, Panics) {
         let total = Arc::new(AtomicUsize::new(0));
+        let fakes = behaviours.iter().map(|&b| Fake::new(b, &total)).collect();
+        manager_of(fakes, total)
+    }
+
+    fn manager_of(
+        fakes: Vec<Fake>,
+        total: Arc<AtomicUsize>,
+    ) -> (CpuManager<Fake>, Arc<AtomicUsize>, Panics) {
         let panics = Arc::new(Mutex::new(Vec::new()));
         let seen = panics.clone();
-        let fakes = behaviours.iter().map(|&b| Fake::new(b, &total)).collect();
         let m = CpuManager::spawn(
             fakes,
             "fake",
@@ -553,9 +641,42 @@ mod tests {
     }
 
     #[test]
+    fn start_waits_for_every_preparation_before_any_vcpu_runs() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut fakes: Vec<Fake> = (0..4).map(|_| Fake::new(Behaviour::Spin, &total)).collect();
+        fakes[3].prep = (Duration::from_millis(50), None);
+        let (mut m, _, _) = manager_of(fakes, total.clone());
+        m.start().expect("start");
+        while total.load(Ordering::SeqCst) < 100 {
+            std::thread::yield_now();
+        }
+        let vcpus = m.stop();
+        let last_prepared = vcpus.iter().filter_map(|v| v.prepared_at).max().unwrap();
+        let first_run = vcpus.iter().filter_map(|v| v.first_run_at).min().unwrap();
+        assert!(
+            first_run >= last_prepared,
+            "a vCPU ran before the slow one was prepared"
+        );
+    }
+
+    #[test]
+    fn a_failed_preparation_fails_start_and_nothing_runs() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut fakes: Vec<Fake> = (0..3).map(|_| Fake::new(Behaviour::Spin, &total)).collect();
+        fakes[2].prep = (Duration::ZERO, Some("no entry"));
+        let (mut m, total, _) = manager_of(fakes, total);
+        match m.start() {
+            Err(ManagerError::Prepare { index: 2, message }) => assert_eq!(message, "no entry"),
+            other => panic!("start: {other:?}"),
+        }
+        assert_eq!(m.stop().len(), 3);
+        assert_eq!(total.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn halted_vcpus_are_kicked_out_and_joined() {
         let (mut m, total, _) = manager(&[Behaviour::Halt; 16]);
-        m.start();
+        m.start().expect("start");
         // Every fake enters its halt wait.
         while total.load(Ordering::SeqCst) < 16 {
             std::thread::yield_now();
@@ -572,7 +693,7 @@ mod tests {
         let mut b = vec![Behaviour::Halt; 6];
         b.extend([Behaviour::Spin; 2]);
         let (mut m, total, _) = manager(&b);
-        m.start();
+        m.start().expect("start");
         for _ in 0..20 {
             m.pause().unwrap();
             let frozen = total.load(Ordering::SeqCst);
@@ -591,7 +712,7 @@ mod tests {
     #[test]
     fn stop_while_paused_joins() {
         let (mut m, _, _) = manager(&[Behaviour::Halt, Behaviour::Spin]);
-        m.start();
+        m.start().expect("start");
         m.pause().unwrap();
         assert_eq!(m.stop().len(), 2);
     }
@@ -605,7 +726,7 @@ mod tests {
     #[test]
     fn a_vcpu_that_stops_on_its_own_counts_as_ended() {
         let (mut m, _, panics) = manager(&[Behaviour::StopAt(3), Behaviour::Halt]);
-        m.start();
+        m.start().expect("start");
         while m.control.counts().ended < 1 {
             std::thread::yield_now();
         }
@@ -619,7 +740,7 @@ mod tests {
     #[test]
     fn a_panicking_vcpu_is_reported_and_the_rest_still_stop() {
         let (mut m, _, panics) = manager(&[Behaviour::Halt, Behaviour::Panic, Behaviour::Halt]);
-        m.start();
+        m.start().expect("start");
         while panics.lock().unwrap().is_empty() {
             std::thread::yield_now();
         }
@@ -633,7 +754,7 @@ mod tests {
     #[test]
     fn dropping_the_manager_joins_its_threads() {
         let (m, total, _) = manager(&[Behaviour::Halt; 4]);
-        m.start();
+        m.start().expect("start");
         while total.load(Ordering::SeqCst) < 4 {
             std::thread::yield_now();
         }
@@ -644,7 +765,7 @@ mod tests {
     fn many_vcpus_start_and_stop_quickly() {
         let (mut m, total, _) = manager(&[Behaviour::Halt; 256]);
         let start = Instant::now();
-        m.start();
+        m.start().expect("start");
         while total.load(Ordering::SeqCst) < 256 {
             std::thread::yield_now();
         }

@@ -4,6 +4,7 @@
 
 pub mod kick;
 pub mod manager;
+pub mod prime;
 #[cfg(test)]
 mod tests;
 
@@ -194,6 +195,19 @@ impl VcpuRun for Vcpu {
         // irvmm touches the byte only through this flag (kvm-ioctls' `run` reads the exit
         // fields of the page, not this byte).
         unsafe { ImmediateExit::new(byte) }
+    }
+
+    /// Primes the first entry of an AP created in wait-for-SIPI (see [`prime`]); a vCPU
+    /// that will run from its registers (the boot vCPU) needs nothing.
+    fn prepare(&mut self) -> Result<(), String> {
+        let state = self
+            .fd
+            .get_mp_state()
+            .map_err(|e| format!("KVM_GET_MP_STATE: {e}"))?;
+        if state.mp_state != kvm_bindings::KVM_MP_STATE_INIT_RECEIVED {
+            return Ok(());
+        }
+        prime::prime_ap(&mut self.fd).map_err(|e| format!("priming the AP's first entry: {e}"))
     }
 
     fn run_once(&mut self) -> RunStep {

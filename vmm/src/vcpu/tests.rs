@@ -147,7 +147,7 @@ fn stop_promptly(mut rig: Rig, n: usize) {
 #[test]
 fn vcpus_halted_in_the_kernel_are_kicked_out() {
     let Some(rig) = rig(4, HALT) else { return };
-    rig.manager.start();
+    rig.manager.start().expect("start");
     // Let them enter the guest and halt.
     std::thread::sleep(Duration::from_millis(100));
     for _ in 0..10 {
@@ -160,7 +160,7 @@ fn vcpus_halted_in_the_kernel_are_kicked_out() {
 #[test]
 fn vcpus_spinning_in_the_guest_are_kicked_out() {
     let Some(rig) = rig(2, SPIN) else { return };
-    rig.manager.start();
+    rig.manager.start().expect("start");
     std::thread::sleep(Duration::from_millis(50));
     rig.manager.pause().expect("pause");
     rig.manager.resume().expect("resume");
@@ -170,7 +170,7 @@ fn vcpus_spinning_in_the_guest_are_kicked_out() {
 #[test]
 fn paused_vcpus_do_not_run_and_resumed_ones_do() {
     let Some(rig) = rig(2, OUT_LOOP) else { return };
-    rig.manager.start();
+    rig.manager.start().expect("start");
     let wait_for_progress = |from: u64| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while rig.outs.load(Ordering::SeqCst) <= from {
@@ -188,4 +188,47 @@ fn paused_vcpus_do_not_run_and_resumed_ones_do() {
         wait_for_progress(frozen);
     }
     stop_promptly(rig, 2);
+}
+
+/// An AP in wait-for-SIPI is primed without running a guest instruction: its `out` loop
+/// never reaches the port, its RIP stays, it is back in wait-for-SIPI, and the signal that
+/// held the entry back is neither pending nor delivered afterwards.
+#[test]
+fn a_primed_ap_runs_nothing_and_waits_for_its_sipi() {
+    use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_INIT_RECEIVED};
+    let Some(rig) = rig(1, OUT_LOOP) else {
+        return;
+    };
+    let mut ap = rig._vm.create_vcpu(1).expect("AP");
+    let mut sregs = ap.get_sregs().expect("sregs");
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    ap.set_sregs(&sregs).expect("sregs");
+    let mut regs = ap.get_regs().expect("regs");
+    regs.rip = CODE;
+    regs.rflags = 2;
+    ap.set_regs(&regs).expect("regs");
+    ap.set_mp_state(kvm_mp_state {
+        mp_state: KVM_MP_STATE_INIT_RECEIVED,
+    })
+    .expect("wait-for-SIPI");
+    super::prime::prime_ap(&mut ap).expect("prime");
+    assert_eq!(ap.get_regs().expect("regs").rip, CODE);
+    assert_eq!(
+        ap.get_mp_state().expect("mp state").mp_state,
+        KVM_MP_STATE_INIT_RECEIVED
+    );
+    assert_eq!(
+        rig.outs.load(Ordering::SeqCst),
+        0,
+        "the AP ran its out loop"
+    );
+    // SAFETY: reading this thread's pending set into an initialised set.
+    let pending = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut set);
+        libc::sigismember(&set, super::prime::prime_signal())
+    };
+    assert_eq!(pending, 0, "the priming signal is still pending");
+    stop_promptly(rig, 1);
 }

@@ -425,7 +425,7 @@ impl Vm {
     /// then stops the vCPUs and the devices. A VMM failure while running (a vCPU thread
     /// panicked) is an error.
     pub fn run(&mut self, host: &mut Host) -> Result<VmOutcome, Error> {
-        self.cpus.start();
+        self.cpus.start()?;
         let reason = run::event_loop(self, host);
         self.shutdown();
         match reason? {
