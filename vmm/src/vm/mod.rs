@@ -348,13 +348,7 @@ impl Vm {
             mem: &mem,
             entry,
         };
-        let mut fds = Vec::with_capacity(apic_ids.len());
-        for (index, &apic_id) in apic_ids.iter().enumerate() {
-            fds.push((vcpus::create_vcpu(&vm, index, apic_id, &setup)?, apic_id));
-            if index == 0 {
-                vcpus::settle_master_clock(&vm)?;
-            }
-        }
+        let fds = vcpus::create_vcpus(&vm, &apic_ids, &setup)?;
         // Some hosts' KVM shows the guest features --cpu-features hid: say so.
         if let Some((fd, _)) = fds.first() {
             cpuid::warn_hidden_but_reported(&config.cpu_features, fd);

@@ -1,6 +1,8 @@
 //! Creating and configuring the KVM vCPUs before any runs: CPUID, MSRs, the local APIC's
 //! mode and the boot vCPU's registers and LINT pins.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_mp_state, kvm_msr_entry, Msrs, KVM_MP_STATE_INIT_RECEIVED,
 };
@@ -80,6 +82,72 @@ pub(crate) fn boot_msrs(kvm: &Kvm) -> Result<Msrs, Error> {
     })
 }
 
+/// At most this many threads create and configure vCPUs at once.
+const MAX_CREATORS: usize = 8;
+
+/// Creates and configures every vCPU (`apic_ids[i]` is the `i`th; index 0 is the boot
+/// vCPU): the boot vCPU first, then KVM's master clock is settled, then the APs on up to
+/// [`MAX_CREATORS`] threads (one per host CPU). KVM serialises only the creation itself;
+/// CPUID, MSRs and the LAPIC of one vCPU do not wait for another's, and with a thousand
+/// vCPUs that work is most of the VM's set-up. Returns the vCPUs in index order with their
+/// APIC IDs; on an error, the first one (in index order) among those that failed.
+pub(crate) fn create_vcpus(
+    vm: &VmFd,
+    apic_ids: &[u32],
+    setup: &VcpuSetup<'_>,
+) -> Result<Vec<(VcpuFd, u32)>, Error> {
+    let Some((&boot_id, ap_ids)) = apic_ids.split_first() else {
+        return Ok(Vec::new());
+    };
+    let boot = create_vcpu(vm, 0, boot_id, setup)?;
+    settle_master_clock(vm)?;
+    let creators = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_CREATORS)
+        .min(ap_ids.len().max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let mut made: Vec<(usize, Result<VcpuFd, Error>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..creators)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&apic_id) = ap_ids.get(i) else {
+                            break;
+                        };
+                        let result = create_vcpu(vm, i + 1, apic_id, setup);
+                        if result.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        out.push((i, result));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    made.sort_by_key(|(i, _)| *i);
+    let mut fds = Vec::with_capacity(apic_ids.len());
+    fds.push((boot, boot_id));
+    for (i, result) in made {
+        fds.push((result?, ap_ids[i]));
+    }
+    if fds.len() != apic_ids.len() {
+        return Err(Error::Platform(format!(
+            "created {} of {} vCPUs (a creating thread died)",
+            fds.len(),
+            apic_ids.len()
+        )));
+    }
+    Ok(fds)
+}
+
 /// Settles KVM's master clock decision once the boot vCPU exists, before the APs do.
 ///
 /// KVM decides whether the VM's kvmclock runs off one master clock when a vCPU processes a
@@ -91,7 +159,7 @@ pub(crate) fn boot_msrs(kvm: &Kvm) -> Result<Msrs, Error> {
 /// once; set to the value KVM_GET_CLOCK just read, it leaves the guest's clock where it is
 /// (no guest code has run yet). The APs created after it find the decision made and
 /// unchanged, and get no request.
-pub(crate) fn settle_master_clock(vm: &VmFd) -> Result<(), Error> {
+fn settle_master_clock(vm: &VmFd) -> Result<(), Error> {
     let clock = vm.get_clock().map_err(Error::kvm("KVM_GET_CLOCK"))?;
     let set = kvm_bindings::kvm_clock_data {
         clock: clock.clock,
@@ -145,7 +213,7 @@ pub(crate) struct VcpuSetup<'a> {
 /// Creates the vCPU with APIC ID `apic_id` (the `index`th; index 0 is the boot vCPU) and
 /// configures it: CPUID, boot MSRs, IA32_APIC_BASE and, on the boot vCPU, the entry
 /// registers, FPU and LINT pins. APs stay in wait-for-SIPI.
-pub(crate) fn create_vcpu(
+fn create_vcpu(
     vm: &VmFd,
     index: usize,
     apic_id: u32,
@@ -157,27 +225,20 @@ pub(crate) fn create_vcpu(
     let cpuid = cpuid::for_vcpu(setup.template, setup.topology, apic_id).map_err(cpuid_usage)?;
     fd.set_cpuid2(&cpuid)
         .map_err(Error::kvm("KVM_SET_CPUID2"))?;
-    let msrs = setup.msrs;
-    let set = fd.set_msrs(msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
-    if set != msrs.as_slice().len() {
-        return Err(Error::Msrs {
-            set,
-            asked: msrs.as_slice().len(),
-        });
-    }
+    // The boot MSRs and IA32_APIC_BASE in one KVM_SET_MSRS: every vCPU ioctl loads the
+    // vCPU, which is not cheap on every host, and 1024 vCPUs pay it 1024 times.
     let bsp = index == 0;
-    let base = Msrs::from_entries(&[kvm_msr_entry {
+    let mut entries = setup.msrs.as_slice().to_vec();
+    entries.push(kvm_msr_entry {
         index: MSR_IA32_APICBASE,
         data: apic_base(bsp, setup.x2apic),
         ..Default::default()
-    }])
-    .map_err(|_| Error::Msrs { set: 0, asked: 1 })?;
-    if fd
-        .set_msrs(&base)
-        .map_err(Error::kvm("KVM_SET_MSRS (IA32_APIC_BASE)"))?
-        != 1
-    {
-        return Err(Error::Msrs { set: 0, asked: 1 });
+    });
+    let asked = entries.len();
+    let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Msrs { set: 0, asked })?;
+    let set = fd.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
+    if set != asked {
+        return Err(Error::Msrs { set, asked });
     }
     if bsp {
         let sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
