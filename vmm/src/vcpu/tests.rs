@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use devices::BusDevice;
 use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_SPLIT_IRQCHIP};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::manager::CpuManager;
@@ -49,6 +49,18 @@ struct Rig {
     exit: Arc<ExitState>,
     outs: Arc<AtomicU64>,
     _vm: Arc<VmFd>,
+}
+
+/// Real mode, CS = 0, IP = [`CODE`], interrupts off.
+fn point_at_code(fd: &VcpuFd) {
+    let mut sregs = fd.get_sregs().expect("sregs");
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    fd.set_sregs(&sregs).expect("sregs");
+    let mut regs = fd.get_regs().expect("regs");
+    regs.rip = CODE;
+    regs.rflags = 2;
+    fd.set_regs(&regs).expect("regs");
 }
 
 /// `n` vCPUs running `code` in real mode with an in-kernel LAPIC (split irqchip), or `None`
@@ -100,14 +112,7 @@ fn rig(n: u32, code: &[u8]) -> Option<Rig> {
     let vcpus = (0..n)
         .map(|i| {
             let fd = vm.create_vcpu(u64::from(i)).expect("vCPU");
-            let mut sregs = fd.get_sregs().expect("sregs");
-            sregs.cs.base = 0;
-            sregs.cs.selector = 0;
-            fd.set_sregs(&sregs).expect("sregs");
-            let mut regs = fd.get_regs().expect("regs");
-            regs.rip = CODE;
-            regs.rflags = 2;
-            fd.set_regs(&regs).expect("regs");
+            point_at_code(&fd);
             Vcpu {
                 fd,
                 index: i,
@@ -200,14 +205,7 @@ fn a_primed_ap_runs_nothing_and_waits_for_its_sipi() {
         return;
     };
     let mut ap = rig._vm.create_vcpu(1).expect("AP");
-    let mut sregs = ap.get_sregs().expect("sregs");
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    ap.set_sregs(&sregs).expect("sregs");
-    let mut regs = ap.get_regs().expect("regs");
-    regs.rip = CODE;
-    regs.rflags = 2;
-    ap.set_regs(&regs).expect("regs");
+    point_at_code(&ap);
     ap.set_mp_state(kvm_mp_state {
         mp_state: KVM_MP_STATE_INIT_RECEIVED,
     })
