@@ -31,10 +31,10 @@ Exit status:
   122      the guest reset the machine (--on-reset exit)
   123      the guest panicked (pvpanic PANICKED event)
   124      --timeout expired (the VM was stopped cleanly)
-  125      Ctrl-a x typed on the console (--serial stdio)
+  125      Ctrl-a x typed on the console (--serial stdio or --console virtio)
   128+n    stopped cleanly on signal n: 129 SIGHUP, 130 SIGINT, 143 SIGTERM
-Console (--serial stdio): a terminal is put in raw mode; Ctrl-a x quits, Ctrl-a h helps,
-Ctrl-a Ctrl-a sends Ctrl-a. Set RUST_LOG=debug for details.";
+Console (--serial stdio, --console virtio): a terminal is put in raw mode; Ctrl-a x quits,
+Ctrl-a h helps, Ctrl-a Ctrl-a sends Ctrl-a. Set RUST_LOG=debug for details.";
 
 /// irvmm: a KVM virtual machine monitor for x86-64 with interrupt remapping done right at scale.
 #[derive(Debug, Parser)]
@@ -130,7 +130,7 @@ pub struct Args {
     pub nets: Vec<vmm::virtio_net::NetConfig>,
 
     /// virtio: a virtio console (hvc0) on standard input and output (standard input then
-    /// goes to it, not to COM1); off: none.
+    /// goes to it, not to COM1, with the console's raw mode and Ctrl-a keys); off: none.
     #[arg(long, value_name = "virtio|off", default_value = "off", value_parser = parse_console)]
     pub console: vmm::ConsoleMode,
 

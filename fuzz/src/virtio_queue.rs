@@ -1,8 +1,9 @@
 //! The `virtio_queue` harness: a split virtqueue whose registers, rings, descriptors and
 //! buffers the fuzzer writes, served by the virtio-blk handler (on a small writable image),
-//! the virtio-rng handler and the virtio-console transmit path.
+//! the virtio-rng handler and the virtio-console transmit and receive paths.
 //!
-//! Input: byte 0 picks the device (blk, rng, console tx; with bit 0x40 virtio-net, see
+//! Input: byte 0 picks the device (blk, rng, console: the queue as transmit queue, then
+//! as receive queue with input waiting; with bit 0x40 virtio-net, see
 //! [`crate::virtio_net_queue`]; with bit 0x08 every device address is an IOVA translated by
 //! a page table in guest RAM, see [`crate::virtio_iommu`]), bytes 1-2 the queue size the
 //! driver programmed (any value: invalid sizes must be refused), bytes 3-8 the ring
@@ -22,7 +23,7 @@ use virtio::block::{Block, DiskConfig, QUEUE_SIZE};
 use virtio::interrupt::VirtioInterrupt;
 use virtio::queue::QueueRegs;
 use virtio::worker::{Activation, QueueHandler};
-use virtio::{Console, DeviceMemory, Rng};
+use virtio::{Console, ConsoleInput, DeviceMemory, Rng};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::virtio_iommu::{self, TableIommu};
@@ -36,6 +37,7 @@ struct Handlers {
     blk: Box<dyn QueueHandler>,
     rng: Box<dyn QueueHandler>,
     console: Box<dyn QueueHandler>,
+    console_input: Arc<ConsoleInput>,
     image: std::path::PathBuf,
 }
 
@@ -46,13 +48,14 @@ fn handlers() -> &'static Mutex<Handlers> {
         std::fs::write(&image, vec![0u8; (IMAGE_SECTORS * 512) as usize]).expect("image");
         let blk = Block::open(&DiskConfig::new(&image), "fuzz-blk").expect("open image");
         let rng = Rng::open().expect("urandom");
-        let console = Console::new(Box::new(std::io::sink()), None)
-            .into_handler()
-            .expect("console");
+        let console_input = Arc::new(ConsoleInput::new(4096).expect("console input"));
+        let console =
+            Console::new(Box::new(std::io::sink()), Some(console_input.clone())).into_handler();
         Mutex::new(Handlers {
             blk: blk.into_handler(),
             rng: rng.into_handler(),
             console,
+            console_input,
             image,
         })
     })
@@ -130,12 +133,14 @@ fn run_device(data: &[u8], mem: &DeviceMemory) {
         let result = match data[0] % 3 {
             0 => h.blk.process_queue(0, &mut active),
             1 => h.rng.process_queue(0, &mut active),
-            // The console's transmit queue is queue 1: give it the same queue.
+            // The console's transmit queue is queue 1: give it the same queue, then serve
+            // it as the receive queue (queue 0) with input waiting.
             _ => {
                 active.queues.insert(0, None);
                 let r = h.console.process_queue(1, &mut active);
                 active.queues.remove(0);
-                r
+                h.console_input.push(data);
+                r.and_then(|_| h.console.process_queue(0, &mut active))
             }
         };
         if result.is_err() {

@@ -1,7 +1,9 @@
 //! The VM lifecycle seen from outside: every exit status irvmm documents (pvpanic, reset,
 //! `--timeout`, SIGTERM/SIGINT/SIGHUP, `Ctrl-a x`), restarts with `--on-reset restart`, the
-//! console's input path (pipes and files, with flow control) and the terminal's raw mode,
-//! restored on the way out (through a pseudo-terminal, so no real TTY is needed).
+//! console's input path (pipes and files, with flow control) and the terminal's raw mode
+//! and escape keys, restored on the way out (through a pseudo-terminal, so no real TTY is
+//! needed), for both consoles: COM1 (`--serial stdio`) and the virtio console
+//! (`--console virtio`, probe scenario `virtio-console-in`).
 
 mod common;
 
@@ -357,18 +359,60 @@ fn fnv1a(data: &[u8]) -> u32 {
     })
 }
 
-/// Input for `probe=serial-in`: every byte value, far more than the UART's 64-byte FIFO and
-/// than irvmm's backlog for piped input, so flow control must work end to end.
-fn serial_input() -> Vec<u8> {
-    (0..20_000u32).map(|i| ((i * 7 + 3) % 256) as u8).collect()
+/// The console sent through a pipe or a file: the escape keys first (`Ctrl-a x`,
+/// `Ctrl-a h`, `Ctrl-a Ctrl-a`, which must reach the guest as bytes), then every byte value,
+/// far more than the UART's 64-byte FIFO, the virtio console's buffers and irvmm's backlog
+/// for piped input, so flow control must work end to end.
+fn console_input() -> Vec<u8> {
+    let mut data = b"\x01x\x01h\x01\x01".to_vec();
+    data.extend((0..20_000u32).map(|i| ((i * 7 + 3) % 256) as u8));
+    data
 }
 
-fn check_serial_in(test: &str, stdin: Stdio, feed: Option<Vec<u8>>) {
+/// Which console a test feeds.
+#[derive(Clone, Copy)]
+enum Console {
+    /// COM1 (`--serial stdio`), probe scenario `serial-in`.
+    Serial,
+    /// The virtio console (`--console virtio`), probe scenario `virtio-console-in`.
+    Virtio,
+}
+
+impl Console {
+    /// The probe scenario that reads it.
+    fn scenario(self) -> &'static str {
+        match self {
+            Console::Serial => "serial-in",
+            Console::Virtio => "virtio-console-in",
+        }
+    }
+
+    /// irvmm's arguments for it.
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Console::Serial => &[],
+            Console::Virtio => &["--console", "virtio"],
+        }
+    }
+}
+
+/// The probe's PASS line after reading `data` from `console`.
+fn input_pass_line(console: Console, data: &[u8]) -> String {
+    format!(
+        "PROBE PASS {} bytes={} fnv=0x{:08x}",
+        console.scenario(),
+        data.len(),
+        fnv1a(data)
+    )
+}
+
+fn check_console_in(test: &str, console: Console, stdin: Stdio, feed: Option<Vec<u8>>) {
     let probe = probe_or_skip!(test);
-    let data = serial_input();
-    let cmdline = format!("probe=serial-in probe.bytes={}", data.len());
+    let data = console_input();
+    let cmdline = format!("probe={} probe.bytes={}", console.scenario(), data.len());
     let mut child = Command::new(irvmm())
         .args(["--kernel", &probe, "--cmdline", &cmdline, "--memory", "64M"])
+        .args(console.args())
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -376,8 +420,8 @@ fn check_serial_in(test: &str, stdin: Stdio, feed: Option<Vec<u8>>) {
         .expect("spawn irvmm");
     if let Some(bytes) = feed {
         let mut w = child.stdin.take().expect("stdin");
-        // The guest takes it 64 bytes at a time: write from a thread, which blocks while
-        // irvmm leaves the pipe unread.
+        // The guest takes it a FIFO or a few buffers at a time: write from a thread, which
+        // blocks while irvmm leaves the pipe unread.
         thread::spawn(move || {
             let _ = w.write_all(&bytes);
         });
@@ -385,11 +429,7 @@ fn check_serial_in(test: &str, stdin: Stdio, feed: Option<Vec<u8>>) {
     let mut lines = Lines::new(child.stdout.take().expect("stdout"));
     let status = wait_exit(&mut child, READY_TIMEOUT, test);
     let seen = lines.drain();
-    let want = format!(
-        "PROBE PASS serial-in bytes={} fnv=0x{:08x}",
-        data.len(),
-        fnv1a(&data)
-    );
+    let want = input_pass_line(console, &data);
     assert_eq!(
         seen.last(),
         Some(&want),
@@ -399,23 +439,49 @@ fn check_serial_in(test: &str, stdin: Stdio, feed: Option<Vec<u8>>) {
     assert_eq!(status.code(), Some(0));
 }
 
+fn check_console_in_from_a_file(test: &str, console: Console) {
+    let path = std::env::temp_dir().join(format!(
+        "irvmm-{}-in-{}",
+        console.scenario(),
+        std::process::id()
+    ));
+    std::fs::write(&path, console_input()).expect("input file");
+    let file = File::open(&path).expect("open input");
+    check_console_in(test, console, Stdio::from(file), None);
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn serial_input_from_a_pipe_arrives_whole() {
-    check_serial_in(
+    check_console_in(
         "serial_input_from_a_pipe_arrives_whole",
+        Console::Serial,
         Stdio::piped(),
-        Some(serial_input()),
+        Some(console_input()),
     );
 }
 
 #[test]
 fn serial_input_from_a_file_arrives_whole() {
-    let test = "serial_input_from_a_file_arrives_whole";
-    let path = std::env::temp_dir().join(format!("irvmm-serial-in-{}", std::process::id()));
-    std::fs::write(&path, serial_input()).expect("input file");
-    let file = File::open(&path).expect("open input");
-    check_serial_in(test, Stdio::from(file), None);
-    let _ = std::fs::remove_file(&path);
+    check_console_in_from_a_file("serial_input_from_a_file_arrives_whole", Console::Serial);
+}
+
+#[test]
+fn virtio_console_input_from_a_pipe_arrives_whole() {
+    check_console_in(
+        "virtio_console_input_from_a_pipe_arrives_whole",
+        Console::Virtio,
+        Stdio::piped(),
+        Some(console_input()),
+    );
+}
+
+#[test]
+fn virtio_console_input_from_a_file_arrives_whole() {
+    check_console_in_from_a_file(
+        "virtio_console_input_from_a_file_arrives_whole",
+        Console::Virtio,
+    );
 }
 
 /// A pseudo-terminal: irvmm gets the slave as stdin, stdout and stderr.
@@ -467,35 +533,40 @@ impl Pty {
     }
 }
 
-/// Starts irvmm on a pty with the idle guest; returns it and the console lines (read from
-/// the master) once the guest idles and the terminal is raw.
-fn start_on_pty(test: &str, probe: &str, pty: &Pty) -> (Child, Lines) {
+/// Starts irvmm on a pty with `cmdline` and `extra` arguments; returns it and the console
+/// lines (read from the master) once a line contains `ready` (the terminal is raw by then:
+/// the console is opened before the guest runs).
+fn start_on_pty(
+    test: &str,
+    probe: &str,
+    pty: &Pty,
+    cmdline: &str,
+    extra: &[&str],
+    ready: &str,
+) -> (Child, Lines) {
     let mut child = Command::new(irvmm())
-        .args([
-            "--kernel",
-            probe,
-            "--cmdline",
-            "probe=idle",
-            "--memory",
-            "64M",
-        ])
+        .args(["--kernel", probe, "--cmdline", cmdline, "--memory", "64M"])
         .args(["--cpus", "2"])
+        .args(extra)
         .stdin(pty.stdio())
         .stdout(pty.stdio())
         .stderr(pty.stdio())
         .spawn()
         .expect("spawn irvmm");
     let mut lines = Lines::new(pty.master.try_clone().expect("dup pty master"));
-    if !lines.wait_for(IDLING, READY_TIMEOUT) {
+    if !lines.wait_for(ready, READY_TIMEOUT) {
         let _ = child.kill();
-        panic!("{test}: no idle line: {:?}", lines.drain());
+        panic!("{test}: no {ready:?} line: {:?}", lines.drain());
     }
     (child, lines)
 }
 
-#[test]
-fn ctrl_a_x_on_a_terminal_quits_with_125_and_restores_it() {
-    let test = "ctrl_a_x_on_a_terminal_quits_with_125_and_restores_it";
+/// [`start_on_pty`] with the idle guest.
+fn start_idle_on_pty(test: &str, probe: &str, pty: &Pty, console: Console) -> (Child, Lines) {
+    start_on_pty(test, probe, pty, "probe=idle", console.args(), IDLING)
+}
+
+fn ctrl_a_x_quits_with_125_and_restores(test: &str, console: Console) {
     let probe = probe_or_skip!(test);
     let Some(mut pty) = Pty::open() else {
         return skip(test, "no pseudo-terminal available");
@@ -506,7 +577,7 @@ fn ctrl_a_x_on_a_terminal_quits_with_125_and_restores_it() {
         0,
         "a new pty starts in canonical mode"
     );
-    let (mut child, _lines) = start_on_pty(test, &probe, &pty);
+    let (mut child, _lines) = start_idle_on_pty(test, &probe, &pty, console);
     let raw = pty.lflag();
     assert_eq!(
         raw & (libc::ICANON | libc::ECHO | libc::ISIG),
@@ -521,14 +592,28 @@ fn ctrl_a_x_on_a_terminal_quits_with_125_and_restores_it() {
 }
 
 #[test]
-fn sigterm_on_a_terminal_restores_it() {
-    let test = "sigterm_on_a_terminal_restores_it";
+fn ctrl_a_x_on_a_terminal_quits_with_125_and_restores_it() {
+    ctrl_a_x_quits_with_125_and_restores(
+        "ctrl_a_x_on_a_terminal_quits_with_125_and_restores_it",
+        Console::Serial,
+    );
+}
+
+#[test]
+fn virtio_console_ctrl_a_x_on_a_terminal_quits_with_125_and_restores_it() {
+    ctrl_a_x_quits_with_125_and_restores(
+        "virtio_console_ctrl_a_x_on_a_terminal_quits_with_125_and_restores_it",
+        Console::Virtio,
+    );
+}
+
+fn sigterm_restores(test: &str, console: Console) {
     let probe = probe_or_skip!(test);
     let Some(pty) = Pty::open() else {
         return skip(test, "no pseudo-terminal available");
     };
     let cooked = pty.lflag();
-    let (mut child, _lines) = start_on_pty(test, &probe, &pty);
+    let (mut child, _lines) = start_idle_on_pty(test, &probe, &pty, console);
     assert_eq!(pty.lflag() & libc::ICANON, 0);
     let pid = i32::try_from(child.id()).expect("pid");
     // SAFETY: signals the child this test started and has not reaped.
@@ -536,4 +621,77 @@ fn sigterm_on_a_terminal_restores_it() {
     let status = wait_exit(&mut child, STOP_TIMEOUT, test);
     assert_eq!(status.code(), Some(EXIT_SIGNAL_BASE + libc::SIGTERM));
     assert_eq!(pty.lflag(), cooked, "terminal settings restored");
+}
+
+#[test]
+fn sigterm_on_a_terminal_restores_it() {
+    sigterm_restores("sigterm_on_a_terminal_restores_it", Console::Serial);
+}
+
+#[test]
+fn virtio_console_sigterm_on_a_terminal_restores_it() {
+    sigterm_restores(
+        "virtio_console_sigterm_on_a_terminal_restores_it",
+        Console::Virtio,
+    );
+}
+
+/// `--timeout` on a terminal with the virtio console: 124, the terminal restored.
+#[test]
+fn virtio_console_timeout_on_a_terminal_restores_it() {
+    let test = "virtio_console_timeout_on_a_terminal_restores_it";
+    let probe = probe_or_skip!(test);
+    let Some(pty) = Pty::open() else {
+        return skip(test, "no pseudo-terminal available");
+    };
+    let cooked = pty.lflag();
+    let extra = ["--console", "virtio", "--timeout", "3"];
+    let (mut child, _lines) = start_on_pty(test, &probe, &pty, "probe=idle", &extra, IDLING);
+    assert_eq!(pty.lflag() & libc::ICANON, 0, "raw while the guest runs");
+    let status = wait_exit(&mut child, READY_TIMEOUT, test);
+    assert_eq!(status.code(), Some(EXIT_TIMEOUT));
+    assert_eq!(pty.lflag(), cooked, "terminal settings restored");
+}
+
+/// Keys typed on a terminal reach the guest as typed, `Ctrl-c` included, except the escape
+/// key's: `Ctrl-a Ctrl-a` sends one `Ctrl-a`, `Ctrl-a h` prints the help (nothing for the
+/// guest), `Ctrl-a` + another key sends nothing.
+fn typed_keys_reach_the_guest(test: &str, console: Console) {
+    let probe = probe_or_skip!(test);
+    let Some(mut pty) = Pty::open() else {
+        return skip(test, "no pseudo-terminal available");
+    };
+    let cooked = pty.lflag();
+    let typed = b"\x03a\x01\x01\x01h\x01qb\r\x7f";
+    let guest = b"\x03a\x01b\r\x7f";
+    let cmdline = format!("probe={} probe.bytes={}", console.scenario(), guest.len());
+    let ready = format!("{}: ready for {} bytes", console.scenario(), guest.len());
+    let (mut child, mut lines) = start_on_pty(test, &probe, &pty, &cmdline, console.args(), &ready);
+    pty.master.write_all(typed).expect("type");
+    // The probe's verdict: `PROBE PASS` or `PROBE FAIL`.
+    let verdict = lines.wait_for("PROBE ", READY_TIMEOUT);
+    let status = wait_exit(&mut child, STOP_TIMEOUT, test);
+    let seen = lines.drain();
+    let want = input_pass_line(console, guest);
+    assert!(
+        verdict && seen.iter().any(|l| l.contains(&want)),
+        "{test}: no {want:?}: {seen:?}"
+    );
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("Ctrl-a x  quit (exit status 125)")),
+        "Ctrl-a h printed the keys: {seen:?}"
+    );
+    assert_eq!(pty.lflag(), cooked, "terminal settings restored");
+}
+
+#[test]
+fn typed_keys_reach_the_serial_console() {
+    typed_keys_reach_the_guest("typed_keys_reach_the_serial_console", Console::Serial);
+}
+
+#[test]
+fn typed_keys_reach_the_virtio_console() {
+    typed_keys_reach_the_guest("typed_keys_reach_the_virtio_console", Console::Virtio);
 }

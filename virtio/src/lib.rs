@@ -12,11 +12,11 @@
 //!   VMM binds it to KVM as an irqfd through the interrupt router), the queue → vector
 //!   map the driver programs, and the ISR and device-status bits the I/O thread sets.
 //! * [`worker`]: the I/O thread each device gets: an event-manager loop over the queues'
-//!   notification eventfds (ioeventfds in KVM), the device's own sources (standard input)
+//!   notification eventfds (ioeventfds in KVM), the device's own sources (console input, a tap)
 //!   and a control channel for activation and reset. vCPU threads never do device work.
 //! * Devices: [`block`] (virtio-blk on a raw image file), [`net`] (virtio-net on a tap),
-//!   [`console`] (hvc0 on standard input/output) and [`rng`] (virtio-rng from the host's
-//!   `/dev/urandom`).
+//!   [`console`] (hvc0: output to standard output, input from a [`ConsoleInput`] the VMM
+//!   fills) and [`rng`] (virtio-rng from the host's `/dev/urandom`).
 //!
 //! # Where this sits
 //!
@@ -52,7 +52,7 @@ use std::io;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use block::{Block, BlockError, DiskConfig};
-pub use console::Console;
+pub use console::{Console, ConsoleInput};
 pub use memory::{DeviceMemory, DmaView};
 pub use net::{Net, NetConfig, NetError};
 pub use rng::Rng;

@@ -4,6 +4,11 @@
 //! router (so queue interrupts follow the guest's interrupt remapping and can be posted by
 //! the host) and its queue notifications as KVM ioeventfds.
 //!
+//! The virtio console's input is a [`virtio::ConsoleInput`] the VM keeps
+//! ([`VirtioDevices::console_input`]): irvmm's console (`crate::console`) owns standard
+//! input and pushes into it from the VM's event loop; the device's I/O thread takes the
+//! bytes into the driver's buffers.
+//!
 //! With a VT-d unit that remaps DMA (`--iommu intel`), each device offers
 //! `VIRTIO_F_ACCESS_PLATFORM` with the unit's translator and its function's requester ID:
 //! a driver that accepts it gives the device I/O virtual addresses, translated through the
@@ -16,8 +21,8 @@ use devices::dma::DmaTranslator;
 use devices::pci::{PciAddress, PciRoot, SharedPciFunction};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio::{
-    Block, Console, DeviceSpec, DiskConfig, DmaView, IoEventRegistrar, Net, NetConfig,
-    QueueHandler, Rng, VirtioPciDevice,
+    Block, Console, ConsoleInput, DeviceSpec, DiskConfig, DmaView, IoEventRegistrar, Net,
+    NetConfig, QueueHandler, Rng, VirtioPciDevice,
 };
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -31,7 +36,8 @@ pub enum ConsoleMode {
     /// No virtio console.
     #[default]
     Off,
-    /// A virtio console (`hvc0`) on standard input and output.
+    /// A virtio console (`hvc0`): output to standard output, input from irvmm's console
+    /// (standard input, see `crate::console`).
     Virtio,
 }
 
@@ -41,6 +47,8 @@ pub struct Opened {
     handler: Box<dyn QueueHandler>,
     /// The flag it came from (for error lines).
     flag: &'static str,
+    /// The virtio console's input.
+    input: Option<Arc<ConsoleInput>>,
 }
 
 /// Opens every virtio device the configuration asks for, in placement order: disks,
@@ -59,6 +67,7 @@ pub fn open_all(
             spec: block.spec(),
             handler: block.into_handler(),
             flag: "--disk",
+            input: None,
         });
     }
     for (i, net) in nets.iter().enumerate() {
@@ -68,18 +77,20 @@ pub fn open_all(
             spec: n.spec(),
             handler: n.into_handler(),
             flag: "--net",
+            input: None,
         });
     }
     if console == ConsoleMode::Virtio {
-        let c = Console::stdio();
-        let spec = c.spec();
-        let handler = c
-            .into_handler()
-            .map_err(|e| Error::usage("--console", format!("virtio: {e}")))?;
+        let input = Arc::new(
+            ConsoleInput::new(virtio::console::INPUT_CAPACITY)
+                .map_err(Error::io("virtio console input eventfd"))?,
+        );
+        let c = Console::new(Box::new(std::io::stdout()), Some(input.clone()));
         out.push(Opened {
-            spec,
-            handler,
+            spec: c.spec(),
+            handler: c.into_handler(),
             flag: "--console",
+            input: Some(input),
         });
     }
     if rng {
@@ -89,6 +100,7 @@ pub fn open_all(
             spec: r.spec(),
             handler: r.into_handler(),
             flag: "--rng",
+            input: None,
         });
     }
     Ok(out)
@@ -138,15 +150,23 @@ struct Attached {
 pub struct VirtioDevices {
     pending: Vec<Opened>,
     attached: Vec<Attached>,
+    console_input: Option<Arc<ConsoleInput>>,
 }
 
 impl VirtioDevices {
     /// Devices to attach.
     pub fn new(opened: Vec<Opened>) -> Self {
+        let console_input = opened.iter().find_map(|o| o.input.clone());
         VirtioDevices {
             pending: opened,
             attached: Vec::new(),
+            console_input,
         }
+    }
+
+    /// The virtio console's input (`--console virtio`), where the console's bytes go.
+    pub fn console_input(&self) -> Option<&Arc<ConsoleInput>> {
+        self.console_input.as_ref()
     }
 
     /// Places the opened devices on bus 0 from the `first_index`-th device number on (see
@@ -167,6 +187,7 @@ impl VirtioDevices {
                 spec,
                 handler,
                 flag,
+                input: _,
             } = opened;
             let name = format!("virtio-{}", spec.name);
             let dev = crate::passthrough::device_number(first_index + k).ok_or_else(|| {

@@ -1,37 +1,42 @@
-//! The serial console's input side with `--serial stdio`: standard input fed to the guest's
-//! UART and, on a terminal, raw mode ([`terminal`]) and the `Ctrl-a` escape keys
-//! ([`escape`]). Piped or file input reaches the guest byte for byte (no escape keys: it may
-//! be binary).
+//! The guest's console input with `--serial stdio` or `--console virtio`: standard input
+//! fed to the guest's UART (COM1) or, with `--console virtio`, to the virtio console's
+//! receive queue (Linux's `hvc0`), through an [`InputSink`]; on a terminal, raw mode
+//! ([`terminal`]) and the `Ctrl-a` escape keys ([`escape`]). Piped or file input reaches
+//! the guest byte for byte (no escape keys: it may be binary). The console outlives one VM
+//! (`--on-reset restart` builds a new one; the terminal stays raw, unread input carries
+//! over).
 //!
 //! No thread and no polling with sleeps: the VM's event loop waits for standard input to be
-//! readable and for the UART to have room (its receive FIFO drained), and calls
-//! [`Console::read_input`] and [`Console::feed`]. What standard input is decides the flow
-//! control:
+//! readable and for the sink to have room (the UART's receive FIFO drained, or the virtio
+//! console's I/O thread took bytes into the driver's buffers), and calls
+//! [`Console::read_input`] and [`Console::feed`]; guest memory is only touched by the
+//! device (the virtio console's I/O thread), never here. What standard input is decides
+//! the flow control:
 //! - a terminal is always read, so `Ctrl-a x` works even when the guest does not read its
-//!   UART; keystrokes beyond [`TERMINAL_BACKLOG`] bytes the guest has not taken are dropped
-//!   (and counted once in the log), as a real serial line overruns;
+//!   console; keystrokes beyond [`TERMINAL_BACKLOG`] bytes the guest has not taken are
+//!   dropped (and counted once in the log), as a real serial line overruns;
 //! - a pipe or socket is read only while fewer than [`STREAM_BACKLOG`] bytes wait for the
 //!   guest, so nothing is lost: the writer blocks instead;
-//! - a regular file (or `/dev/null`) cannot be polled: it is read whenever the UART has room.
+//! - a regular file (or `/dev/null`) cannot be polled: it is read whenever the sink has
+//!   room.
 
 pub mod escape;
+pub mod sink;
 pub mod terminal;
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::Mutex;
-
-use devices::serial::{SerialDevice, SerialError};
 
 pub use escape::Command;
 use escape::{EscapeParser, HELP};
+pub use sink::InputSink;
 use terminal::RawTerminal;
 
 /// Bytes read from standard input at once.
 const READ_CHUNK: usize = 4096;
-/// Keystrokes kept for a guest that does not read its UART before new ones are dropped.
+/// Keystrokes kept for a guest that does not read its console before new ones are dropped.
 pub const TERMINAL_BACKLOG: usize = 64 << 10;
 /// Bytes of piped input kept for the guest before standard input is left unread.
 pub const STREAM_BACKLOG: usize = 4096;
@@ -98,7 +103,7 @@ impl Console {
         self.kind
     }
 
-    /// Records that epoll refused the descriptor: it is a file, read when the UART has room.
+    /// Records that epoll refused the descriptor: it is a file, read when the sink has room.
     pub fn set_unpollable(&mut self) {
         self.kind = InputKind::File;
     }
@@ -170,7 +175,7 @@ impl Console {
         if kept < to_guest.len() {
             if self.dropped == 0 {
                 log::warn!(
-                    "console: the guest is not reading its serial input; further keystrokes are dropped"
+                    "console: the guest is not reading its console input; further keystrokes are dropped"
                 );
             }
             self.dropped += (to_guest.len() - kept) as u64;
@@ -179,10 +184,10 @@ impl Console {
         commands
     }
 
-    /// Moves waiting bytes into the UART's receive FIFO as far as it has room (call when the
-    /// guest drained it, and after new input). A file is read here, as the FIFO takes it.
-    /// Returns the console commands met in file input.
-    pub fn feed(&mut self, serial: &Mutex<SerialDevice>) -> Vec<Command> {
+    /// Moves waiting bytes into `sink` as far as it has room (call when it has room again,
+    /// and after new input). A file is read here, as the sink takes it. Returns the console
+    /// commands met in file input.
+    pub fn feed(&mut self, sink: &dyn InputSink) -> Vec<Command> {
         let mut commands = Vec::new();
         loop {
             if self.pending.is_empty() && self.kind == InputKind::File && !self.eof {
@@ -194,21 +199,7 @@ impl Console {
             if self.pending.is_empty() {
                 return commands;
             }
-            let taken = {
-                let mut uart = serial.lock().unwrap_or_else(|p| p.into_inner());
-                match uart.enqueue_input(self.pending.make_contiguous()) {
-                    Ok(n) => n,
-                    Err(SerialError::Interrupt { accepted, source }) => {
-                        log::warn!("console: serial input interrupt lost: {source}");
-                        accepted
-                    }
-                    Err(SerialError::FifoFull) => 0,
-                    Err(e) => {
-                        log::warn!("console: serial input failed: {e}");
-                        0
-                    }
-                }
-            };
+            let taken = sink.accept(self.pending.make_contiguous());
             self.pending.drain(..taken.min(self.pending.len()));
             if taken == 0 || self.kind != InputKind::File {
                 return commands;
@@ -271,6 +262,66 @@ mod tests {
         assert_eq!(c.pending.iter().copied().collect::<Vec<_>>(), b"hi\x01");
         w.write_all(b"\x01x").unwrap();
         assert_eq!(c.read_input(), vec![Command::Quit]);
+    }
+
+    /// A sink with room for `room` bytes at a time.
+    struct Fifo {
+        got: std::cell::RefCell<Vec<u8>>,
+        room: std::cell::Cell<usize>,
+    }
+
+    impl InputSink for Fifo {
+        fn accept(&self, bytes: &[u8]) -> usize {
+            let n = bytes.len().min(self.room.get());
+            self.got.borrow_mut().extend_from_slice(&bytes[..n]);
+            self.room.set(self.room.get() - n);
+            n
+        }
+    }
+
+    #[test]
+    fn feed_gives_the_sink_what_it_has_room_for() {
+        let (r, mut w) = pipe();
+        let mut c = Console::from_file(r, InputKind::Stream);
+        let all: Vec<u8> = (0..=255).collect();
+        w.write_all(&all).unwrap();
+        assert!(c.read_input().is_empty());
+        let sink = Fifo {
+            got: Default::default(),
+            room: 100.into(),
+        };
+        assert!(c.feed(&sink).is_empty());
+        assert_eq!(c.pending(), 156);
+        sink.room.set(1000);
+        assert!(c.feed(&sink).is_empty());
+        assert_eq!(c.pending(), 0);
+        assert_eq!(*sink.got.borrow(), all, "escape bytes included, in order");
+
+        // The virtio console's input is a sink too.
+        let virtio = virtio::ConsoleInput::new(10).unwrap();
+        w.write_all(b"\x01x and more").unwrap();
+        assert!(c.read_input().is_empty(), "no escape keys on a pipe");
+        assert!(c.feed(&virtio).is_empty());
+        assert_eq!((virtio.len(), c.pending()), (10, 1));
+    }
+
+    #[test]
+    fn feed_reads_a_file_as_the_sink_takes_it() {
+        let path = std::env::temp_dir().join(format!("irvmm-console-{}", std::process::id()));
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut c = Console::from_file(File::open(&path).unwrap(), InputKind::File);
+        let _ = std::fs::remove_file(&path);
+        let sink = Fifo {
+            got: Default::default(),
+            room: 6000.into(),
+        };
+        assert!(c.feed(&sink).is_empty());
+        assert_eq!(sink.got.borrow().len(), 6000);
+        sink.room.set(usize::MAX);
+        assert!(c.feed(&sink).is_empty());
+        assert_eq!(*sink.got.borrow(), data);
+        assert!(c.eof);
     }
 
     #[test]

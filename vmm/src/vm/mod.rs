@@ -10,8 +10,9 @@
 //!
 //! [`Vm::run`] waits on one epoll set: the exit state's eventfd (devices and vCPUs report
 //! power-off, reset, panic, crash there), the stop signals' signalfd, standard input and the
-//! UART's "receive FIFO drained" event (the console) and the `--timeout` deadline. The
-//! first reason wins; then the vCPUs are stopped and joined, and the devices shut down.
+//! console sink's room event (the UART's "receive FIFO drained", or the virtio console's
+//! input taken by its I/O thread) and the `--timeout` deadline. The first reason wins; then
+//! the vCPUs are stopped and joined, and the devices shut down.
 
 mod config;
 pub mod error;
@@ -39,7 +40,7 @@ use crate::acpi::dmar::DmarConfig;
 use crate::acpi::mcfg::EcamConfig;
 use crate::acpi::{self, AcpiConfig, PciHostConfig};
 use crate::boot::{self, BootError, BootSetup, Initramfs, KernelImage};
-use crate::console::Console;
+use crate::console::{Console, InputSink};
 use crate::cpuid::{self, CpuidOptions};
 use crate::interrupt::InterruptRouter;
 use crate::layout::*;
@@ -137,14 +138,13 @@ impl Host {
         })
     }
 
-    /// With `--serial stdio`, takes standard input as the guest's console (a terminal goes
-    /// into raw mode until the host is dropped). Not with `--console virtio`, whose device
-    /// reads standard input itself.
+    /// With `--serial stdio` or `--console virtio`, takes standard input as the guest's
+    /// console (a terminal goes into raw mode until the host is dropped); its bytes go to
+    /// the virtio console when there is one, else to COM1 (see `Vm::console_sink`).
     pub fn open_console(&mut self, config: &VmConfig) -> Result<(), Error> {
-        if config.serial == SerialMode::Stdio
-            && config.console == crate::virtio::ConsoleMode::Off
-            && self.console.is_none()
-        {
+        let wanted = config.serial == SerialMode::Stdio
+            || config.console == crate::virtio::ConsoleMode::Virtio;
+        if wanted && self.console.is_none() {
             self.console = Some(Console::stdin().map_err(Error::io("standard input"))?);
         }
         Ok(())
@@ -413,6 +413,15 @@ impl Vm {
             stopped: false,
             _vm: vm,
         })
+    }
+
+    /// Where the console's input goes in this VM, and the eventfd that says it has room
+    /// again: the virtio console's input with `--console virtio`, else COM1's receive FIFO.
+    pub(crate) fn console_sink(&self) -> (&dyn InputSink, &EventFd) {
+        match self.virtio.console_input() {
+            Some(input) => (input.as_ref(), input.room_event()),
+            None => (self.serial.as_ref(), self.serial_room.event()),
+        }
     }
 
     /// Starts every vCPU and waits until the VM must stop (see the module documentation);

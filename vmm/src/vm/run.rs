@@ -5,12 +5,13 @@
 //! | the exit state's eventfd | a device or vCPU recorded why the VM stops |
 //! | the stop signals' signalfd | SIGINT, SIGTERM or SIGHUP: stop with [`VmOutcome::Signal`] |
 //! | standard input (console) | bytes for the guest, or `Ctrl-a x`: [`VmOutcome::UserQuit`] |
-//! | the UART's room eventfd | the guest drained its receive FIFO: feed it more input |
+//! | the console sink's room eventfd | the guest drained COM1's receive FIFO, or the virtio console's I/O thread took input into its buffers: feed it more |
 //! | the epoll timeout | the `--timeout` deadline passed: [`VmOutcome::Timeout`] |
 //!
 //! Standard input is in the set only while the console wants input (see
 //! [`crate::console`]); a descriptor epoll refuses (a regular file, `/dev/null`) is read
-//! when the UART has room instead.
+//! when the sink has room instead. The sink is the virtio console with `--console virtio`,
+//! else COM1 ([`Vm::console_sink`]).
 
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -18,13 +19,13 @@ use std::time::Instant;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::{Error, Host, StopReason, Vm, VmOutcome};
-use crate::console::{Command, Console};
+use crate::console::{Command, Console, InputSink};
 
 /// Epoll tokens.
 const TOKEN_EXIT: u64 = 0;
 const TOKEN_SIGNAL: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
-const TOKEN_SERIAL_ROOM: u64 = 3;
+const TOKEN_SINK_ROOM: u64 = 3;
 /// Events handled per wake-up.
 const EVENTS: usize = 8;
 
@@ -39,11 +40,12 @@ fn commands(vm: &Vm, cmds: &[Command]) -> bool {
 
 /// Adds standard input to `epoll` when the console wants input and removes it when not;
 /// `registered` tracks which. A descriptor epoll refuses makes the console a file, which is
-/// read at once (and then whenever the UART has room).
+/// read at once (and then whenever `sink` has room).
 fn update_stdin(
     vm: &Vm,
     epoll: &Epoll,
     console: &mut Console,
+    sink: &dyn InputSink,
     registered: &mut bool,
 ) -> Result<(), Error> {
     let want = console.wants_input();
@@ -57,7 +59,7 @@ fn update_stdin(
             Ok(()) => *registered = true,
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 console.set_unpollable();
-                let cmds = console.feed(&vm.serial);
+                let cmds = console.feed(sink);
                 commands(vm, &cmds);
             }
             Err(e) => {
@@ -95,14 +97,15 @@ pub(super) fn event_loop(vm: &Vm, host: &mut Host) -> Result<StopReason, Error> 
     )?;
     add(host.signals.as_raw_fd(), TOKEN_SIGNAL, "watching signals")?;
     let mut stdin_registered = false;
+    let (sink, sink_room) = vm.console_sink();
     if let Some(console) = host.console.as_mut() {
         add(
-            vm.serial_room.event().as_raw_fd(),
-            TOKEN_SERIAL_ROOM,
-            "watching the UART",
+            sink_room.as_raw_fd(),
+            TOKEN_SINK_ROOM,
+            "watching the console's guest side",
         )?;
         // Input left from before a restart, or a file, goes in first.
-        let cmds = console.feed(&vm.serial);
+        let cmds = console.feed(sink);
         commands(vm, &cmds);
     }
     let mut events = [EpollEvent::default(); EVENTS];
@@ -111,7 +114,7 @@ pub(super) fn event_loop(vm: &Vm, host: &mut Host) -> Result<StopReason, Error> 
             return Ok(reason);
         }
         if let Some(console) = host.console.as_mut() {
-            update_stdin(vm, &epoll, console, &mut stdin_registered)?;
+            update_stdin(vm, &epoll, console, sink, &mut stdin_registered)?;
         }
         let timeout_ms = match host.deadline {
             None => -1,
@@ -146,15 +149,15 @@ pub(super) fn event_loop(vm: &Vm, host: &mut Host) -> Result<StopReason, Error> 
                 TOKEN_STDIN => {
                     if let Some(console) = host.console.as_mut() {
                         let mut cmds = console.read_input();
-                        cmds.extend(console.feed(&vm.serial));
+                        cmds.extend(console.feed(sink));
                         commands(vm, &cmds);
                     }
                 }
-                TOKEN_SERIAL_ROOM => {
+                TOKEN_SINK_ROOM => {
                     // Drain the counter; a failed read just means it was zero.
-                    let _ = vm.serial_room.event().read();
+                    let _ = sink_room.read();
                     if let Some(console) = host.console.as_mut() {
-                        let cmds = console.feed(&vm.serial);
+                        let cmds = console.feed(sink);
                         commands(vm, &cmds);
                     }
                 }

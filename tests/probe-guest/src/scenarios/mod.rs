@@ -78,6 +78,7 @@ mod virtio_blk_bench;
 mod virtio_blk_iommu;
 mod virtio_common;
 mod virtio_console;
+mod virtio_console_in;
 mod virtio_net;
 mod virtio_net_bad;
 mod virtio_net_bench;
@@ -353,6 +354,11 @@ pub static ALL: &[Scenario] = &[
         name: "virtio-console",
         summary: "virtio console by PCI ID: a line out through hvc0, probe.hvc_input=WORD read back from the host",
         run: virtio_console::run,
+    },
+    Scenario {
+        name: "virtio-console-in",
+        summary: "reads probe.bytes=N bytes from the virtio console's receive queue (polled, small buffers) and passes with their FNV-1a hash: the VMM's virtio-console input path",
+        run: virtio_console_in::run,
     },
     Scenario {
         name: "virtio-net",

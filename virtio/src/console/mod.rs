@@ -2,21 +2,25 @@
 //! input and output, as an alternative to COM1. No multiport, no size: the configuration
 //! structure is all zeros.
 //!
-//! Queue 0 (receiveq) takes input: a small thread reads standard input (which may be a
-//! file, a pipe or a terminal, none of which epoll handles alike) and hands chunks to the
-//! I/O thread through a bounded channel and an eventfd; the I/O thread copies them into the
-//! buffers the driver offers, keeping what does not fit for the next buffer. Queue 1
-//! (transmitq) output goes to standard output as it comes.
+//! Queue 0 (receiveq) takes input from a [`ConsoleInput`], which the VMM fills (its console
+//! owns standard input: raw mode, escape keys, flow control); the I/O thread watches the
+//! input's eventfd and copies the bytes into the buffers the driver offers, in order, as
+//! far as they fit, leaving the rest queued for the next buffer. Input the driver has not
+//! taken stays queued across a device reset: a driver that restarts loses no keystroke or
+//! piped byte. Queue 1 (transmitq) output goes to standard output as it comes.
 
-use std::collections::VecDeque;
-use std::io::{Read, Write};
+mod input;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
 
 use log::{debug, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub use input::{ConsoleInput, INPUT_CAPACITY};
 
 use crate::memory::DeviceMemory;
 use crate::segments::{Cursor, Segments};
@@ -33,19 +37,15 @@ pub const CONSOLE_QUEUE_SIZE: u16 = 128;
 pub const CONSOLE_CONFIG_SIZE: usize = 12;
 /// PCI class code: communication, other (what QEMU's virtio-serial-pci says).
 pub const CONSOLE_CLASS_CODE: u32 = 0x07_8000;
-/// Input chunks in flight between the reader thread and the I/O thread.
-const INPUT_CHUNKS: usize = 16;
-/// Size of one input read.
-const INPUT_CHUNK: usize = 4096;
-/// Input kept while the driver offers no buffer; beyond it the reader thread waits.
-const PENDING_LIMIT: usize = 64 * 1024;
+/// Most bytes put into one receive buffer.
+const RX_MAX: usize = 64 * 1024;
 /// Most bytes taken from one transmit buffer.
 const TX_MAX: usize = 64 * 1024;
 
 /// The virtio-console device.
 pub struct Console {
     output: Box<dyn Write + Send>,
-    input: Option<Box<dyn Read + Send>>,
+    input: Option<Arc<ConsoleInput>>,
 }
 
 impl std::fmt::Debug for Console {
@@ -55,17 +55,10 @@ impl std::fmt::Debug for Console {
 }
 
 impl Console {
-    /// A console writing to `output` and, when given, reading `input`.
-    pub fn new(output: Box<dyn Write + Send>, input: Option<Box<dyn Read + Send>>) -> Self {
+    /// A console writing to `output` and, when given, taking its input from `input`
+    /// (whoever holds the other `Arc` pushes bytes into it).
+    pub fn new(output: Box<dyn Write + Send>, input: Option<Arc<ConsoleInput>>) -> Self {
         Console { output, input }
-    }
-
-    /// On irvmm's standard output and input.
-    pub fn stdio() -> Self {
-        Self::new(
-            Box::new(std::io::stdout()),
-            Some(Box::new(std::io::stdin())),
-        )
     }
 
     /// What the transport needs to know.
@@ -80,83 +73,55 @@ impl Console {
         }
     }
 
-    /// The device's I/O-thread side (starts the input reader thread).
-    pub fn into_handler(self) -> std::io::Result<Box<dyn QueueHandler>> {
-        let kick = Arc::new(EventFd::new(EFD_NONBLOCK)?);
-        let rx = match self.input {
-            Some(mut input) => {
-                let (tx, rx) = sync_channel(INPUT_CHUNKS);
-                let k = kick.clone();
-                std::thread::Builder::new()
-                    .name("virtio-console-in".into())
-                    .spawn(move || loop {
-                        let mut buf = vec![0u8; INPUT_CHUNK];
-                        let n = match input.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        buf.truncate(n);
-                        if tx.send(buf).is_err() {
-                            return;
-                        }
-                        let _ = k.write(1);
-                    })?;
-                Some(rx)
-            }
-            None => None,
-        };
-        Ok(Box::new(ConsoleHandler {
+    /// The device's I/O-thread side.
+    pub fn into_handler(self) -> Box<dyn QueueHandler> {
+        Box::new(ConsoleHandler {
             output: self.output,
-            rx,
-            kick,
-            pending: VecDeque::new(),
+            input: self.input,
+            rx_buf: Vec::new(),
             tx_buf: vec![0; TX_MAX],
-        }))
+        })
     }
 }
 
 struct ConsoleHandler {
     output: Box<dyn Write + Send>,
-    rx: Option<Receiver<Vec<u8>>>,
-    kick: Arc<EventFd>,
-    pending: VecDeque<u8>,
+    input: Option<Arc<ConsoleInput>>,
+    /// Input on its way into one receive buffer.
+    rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
 }
 
 impl ConsoleHandler {
-    /// Moves input from the reader thread while there is room.
-    fn take_input(&mut self) {
-        let Some(rx) = &self.rx else { return };
-        while self.pending.len() < PENDING_LIMIT {
-            match rx.try_recv() {
-                Ok(chunk) => self.pending.extend(chunk),
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => {
-                    debug!("console: end of input");
-                    self.rx = None;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Fills the driver's receive buffers with pending input.
-    fn fill_receiveq(&mut self, active: &mut Activation) -> Result<(), DeviceError> {
+    /// Fills the driver's receive buffers with waiting input, at most one ring's worth of
+    /// buffers per call (a driver that keeps offering buffers with no room cannot hold the
+    /// I/O thread). Returns true when it stopped with input and buffers possibly left.
+    fn fill_receiveq(&mut self, active: &mut Activation) -> Result<bool, DeviceError> {
+        let Some(input) = &self.input else {
+            return Ok(false);
+        };
         let mem = active.mem.clone();
         let mut used = false;
+        let mut more = false;
         {
             let Some(Some(queue)) = active.queues.get_mut(RECEIVEQ) else {
-                return Ok(());
+                return Ok(false);
             };
             let err = |source| DeviceError::Queue {
                 queue: RECEIVEQ,
                 source,
             };
-            while !self.pending.is_empty() {
+            let mut budget = virtio_queue::QueueT::size(queue);
+            while !input.is_empty() {
+                if budget == 0 {
+                    more = true;
+                    break;
+                }
+                budget -= 1;
                 let Some((head, segs)) = pop_chain(queue, &mem).map_err(err)? else {
                     break;
                 };
-                let len = write_input(&mut self.pending, &segs, &mem);
+                let len = receive(input, &mut self.rx_buf, &segs, &mem);
                 virtio_queue::QueueT::add_used(queue, &mem, head, len).map_err(err)?;
                 used = true;
             }
@@ -164,20 +129,31 @@ impl ConsoleHandler {
         if used {
             active.notify(RECEIVEQ);
         }
-        Ok(())
+        Ok(more)
     }
 }
 
-/// Copies as much of `pending` as fits `segs`' writable buffers; returns the bytes copied.
-fn write_input(pending: &mut VecDeque<u8>, segs: &Segments, mem: &DeviceMemory) -> u32 {
+/// Copies as much waiting input as fits `segs`' writable buffers (through `scratch`, so
+/// the input's lock is not held while guest memory is written) and takes it out of
+/// `input`; returns the bytes copied. A buffer outside RAM takes nothing.
+fn receive(
+    input: &ConsoleInput,
+    scratch: &mut Vec<u8>,
+    segs: &Segments,
+    mem: &DeviceMemory,
+) -> u32 {
     let mut w = Cursor::new(&segs.writable);
-    let n = usize::try_from(w.remaining())
+    let room = usize::try_from(w.remaining())
         .unwrap_or(usize::MAX)
-        .min(pending.len());
-    let bytes: Vec<u8> = pending.iter().take(n).copied().collect();
-    match w.write(mem, &bytes) {
+        .min(RX_MAX);
+    input.peek(scratch, room);
+    if scratch.is_empty() {
+        return 0;
+    }
+    match w.write(mem, scratch) {
         Ok(done) => {
-            pending.drain(..done);
+            input.consume(done);
+            // At most RX_MAX.
             u32::try_from(done).unwrap_or(0)
         }
         Err(_) => {
@@ -198,11 +174,7 @@ impl QueueHandler for ConsoleHandler {
         active: &mut Activation,
     ) -> Result<bool, DeviceError> {
         match index {
-            RECEIVEQ => {
-                self.take_input();
-                self.fill_receiveq(active)?;
-                Ok(false)
-            }
+            RECEIVEQ => self.fill_receiveq(active),
             TRANSMITQ => {
                 let (output, buf) = (&mut self.output, &mut self.tx_buf);
                 let (used, more) = drain_queue(TRANSMITQ, active, |segs, mem| {
@@ -232,7 +204,10 @@ impl QueueHandler for ConsoleHandler {
     }
 
     fn sources(&self) -> Vec<RawFd> {
-        vec![self.kick.as_raw_fd()]
+        self.input
+            .iter()
+            .map(|i| i.ready_event().as_raw_fd())
+            .collect()
     }
 
     fn process_source(
@@ -240,15 +215,22 @@ impl QueueHandler for ConsoleHandler {
         _index: usize,
         active: Option<&mut Activation>,
     ) -> Result<bool, DeviceError> {
-        let _ = self.kick.read();
-        self.take_input();
+        let Some(input) = &self.input else {
+            return Ok(false);
+        };
+        // Drain the counter; a failed read just means it was zero.
+        let _ = input.ready_event().read();
+        // Before the driver started the device, the bytes wait; its first receive-queue
+        // notification takes them.
         if let Some(active) = active {
-            self.fill_receiveq(active)?;
+            if self.fill_receiveq(active)? {
+                if let Some(input) = &self.input {
+                    input.wake();
+                }
+            }
         }
         Ok(true)
     }
 
-    fn reset(&mut self) {
-        self.pending.clear();
-    }
+    // reset: input stays queued for the next driver (see the module documentation).
 }
