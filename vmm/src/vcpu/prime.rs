@@ -19,11 +19,12 @@
 //! signal and returns EINTR before the first instruction. The signal is blocked in the
 //! calling thread's own mask all along, so it is never delivered: it is taken back with
 //! `sigtimedwait`, and KVM's signal mask is switched off again. The AP is then put in
-//! wait-for-SIPI, its registers untouched. The calling thread must not be one that other
-//! code signals with [`PRIME_SIGNAL`].
+//! wait-for-SIPI, its registers untouched. The signal ([`prime_signal`], SIGRTMIN + 1) has
+//! a no-op handler, so that even a delivery could not end the process.
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
+use std::sync::OnceLock;
 
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::VcpuFd;
@@ -165,8 +166,45 @@ fn take_back(signal: i32) {
     }
 }
 
+extern "C" fn on_prime(_: libc::c_int) {
+    // Nothing: the signal is taken back before it can be delivered; this handler is only
+    // there so that a delivery could never take the default action (end the process).
+}
+
+/// Installs the no-op handler of [`prime_signal`] (once per process).
+fn install_handler() -> Result<(), PrimeError> {
+    /// 0 when installed, else the `sigaction` errno.
+    static INSTALLED: OnceLock<i32> = OnceLock::new();
+    let errno = *INSTALLED.get_or_init(|| {
+        // SAFETY: a zeroed sigaction is "no flags, empty mask"; the handler does nothing,
+        // lives forever and is async-signal-safe; the old action is not wanted.
+        let rc = unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_prime as *const () as usize;
+            act.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(prime_signal(), &act, std::ptr::null_mut())
+        };
+        if rc == 0 {
+            0
+        } else {
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL)
+        }
+    });
+    if errno != 0 {
+        return Err(PrimeError::Signal {
+            op: "sigaction",
+            source: io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(())
+}
+
 /// Primes the AP `fd` (see the module documentation) and leaves it in wait-for-SIPI.
 pub fn prime_ap(fd: &mut VcpuFd) -> Result<(), PrimeError> {
+    install_handler()?;
     let signal = prime_signal();
     let old = block(signal)?;
     let result = held_entry(fd, signal, &old);
