@@ -30,7 +30,7 @@
 //! # Pieces
 //!
 //! [`policy`] (translation and postability), [`registry`] (sources and indexes),
-//! [`router`] (the [`InterruptRouter`]), [`routes`] (the staged GSI table), [`watcher`]
+//! [`router`] (the [`InterruptRouter`]), [`routes`] (the staged GSI table), `watcher`
 //! (the VMM's epoll over detached eventfds), [`report`] (postable counts per device),
 //! [`kvm`] (what is asked of KVM), [`adapters`] (IOAPIC pins and PCI functions' vectors).
 
