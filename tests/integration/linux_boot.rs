@@ -48,8 +48,6 @@ const CPU_FEATURES: &str = "-cx16,-xsave";
 /// its console driver registers, which on this KVM comes minutes later with many vCPUs.
 const CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 noxsave";
 
-/// The guest asset `name` when /dev/kvm and the asset are there; else prints why `test`
-/// skips and returns `None`.
 /// The hardware-virtualization tests are `#[ignore]`d (reported as ignored, never as
 /// passed, on hosts without VT-x/AMD-V); run explicitly on a host without it, they fail
 /// and say why.
@@ -59,12 +57,88 @@ fn require_hardware_virtualization() {
     }
 }
 
+/// `result`'s value; else prints why `test` skips and returns `None`.
+fn or_skip<T>(test: &str, result: Result<T, String>) -> Option<T> {
+    result.map_err(|why| skip(test, &why)).ok()
+}
+
+/// The guest asset `name` when /dev/kvm and the asset are there; else prints why `test`
+/// skips and returns `None`.
 fn kernel_or_skip(test: &str, name: &str) -> Option<PathBuf> {
-    if let Err(why) = kvm_available() {
-        skip(test, &why);
-        return None;
+    or_skip(test, kvm_available())?;
+    or_skip(test, asset(name))
+}
+
+/// `path` as an irvmm argument.
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// irvmm's arguments that boot `kernel` (with `initramfs` and `--cpu-features
+/// cpu_features` where given) with the command line `cmdline`, `cpus` vCPUs and `memory`,
+/// followed by `extra`.
+fn guest_args<'a>(
+    kernel: &'a Path,
+    initramfs: Option<&'a Path>,
+    cpu_features: Option<&'a str>,
+    cmdline: &'a str,
+    cpus: &'a str,
+    memory: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["--kernel", arg(kernel)];
+    if let Some(initramfs) = initramfs {
+        args.extend(["--initramfs", arg(initramfs)]);
     }
-    asset(name).map_err(|why| skip(test, &why)).ok()
+    if let Some(features) = cpu_features {
+        args.extend(["--cpu-features", features]);
+    }
+    args.extend(["--cmdline", cmdline, "--cpus", cpus, "--memory", memory]);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Asserts that the console shows each of `lines`.
+fn assert_saw_all(run: &GuestRun, lines: &[&str]) {
+    for line in lines {
+        assert!(run.saw(line), "missing {line:?}\n{}", run.dump());
+    }
+}
+
+/// Asserts that the console shows none of `lines`.
+fn assert_saw_none(run: &GuestRun, lines: &[&str]) {
+    for line in lines {
+        assert!(!run.saw(line), "{line:?}\n{}", run.dump());
+    }
+}
+
+/// Asserts that the guest powered off: irvmm exited 0.
+fn assert_powered_off(run: &GuestRun) {
+    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+}
+
+/// Asserts that Linux reported no DMAR fault.
+fn assert_no_dmar_faults(run: &GuestRun) {
+    let faults: Vec<&String> = run
+        .lines
+        .iter()
+        .filter(|l| l.contains("DMAR") && l.to_ascii_lowercase().contains("fault"))
+        .collect();
+    assert!(faults.is_empty(), "DMAR faults: {faults:?}\n{}", run.dump());
+}
+
+/// What Linux prints once it enabled the VT-d unit's DMA translation.
+const DMA_TRANSLATION_ENABLED: &str = "DMAR: Intel(R) Virtualization Technology for Directed I/O";
+/// What Linux prints once it enabled VT-d interrupt remapping in x2APIC mode.
+const DMAR_IR_ENABLED: &str = "DMAR-IR: Enabled IRQ remapping in x2apic mode";
+
+/// Asserts that Linux enabled the VT-d unit's DMA translation.
+fn assert_dma_translation_enabled(run: &GuestRun) {
+    assert!(
+        run.saw(DMA_TRANSLATION_ENABLED),
+        "DMA translation not enabled\n{}",
+        run.dump()
+    );
 }
 
 /// Boots `kernel` with the features and command line this KVM needs (plus `extra`
@@ -88,20 +162,46 @@ fn early_boot_cmdline(
     deadline: Duration,
     done: StopWhen,
 ) -> GuestRun {
-    let mut args = vec![
-        "--kernel",
-        kernel.to_str().expect("utf-8 path"),
-        "--cpu-features",
-        CPU_FEATURES,
-        "--cmdline",
+    let args = guest_args(
+        kernel,
+        None,
+        Some(CPU_FEATURES),
         cmdline,
-        "--cpus",
         cpus,
-        "--memory",
         "256M",
-    ];
-    args.extend_from_slice(extra);
+        extra,
+    );
     run_guest(&args, deadline, Some(done))
+}
+
+/// The command line of the user-space initramfs boots.
+const INITRAMFS_CMDLINE: &str = "console=ttyS0 panic=-1";
+
+/// Boots Debian's bzImage and the initramfs whose /init reports `IRVMM-INIT-OK` and powers
+/// off, with `cmdline`, `cpus` vCPUs, `memory` and `extra` arguments, until the VM exits or
+/// `deadline` passes. Fails on a host without hardware virtualization (see
+/// [`require_hardware_virtualization`]); `None` after printing why `test` skips.
+fn boot_initramfs_or_skip(
+    test: &str,
+    cmdline: &str,
+    cpus: &str,
+    memory: &str,
+    extra: &[&str],
+    deadline: Duration,
+) -> Option<GuestRun> {
+    require_hardware_virtualization();
+    let kernel = kernel_or_skip(test, "bzImage")?;
+    let initramfs = or_skip(test, asset("initramfs.cpio.gz"))?;
+    let args = guest_args(
+        &kernel,
+        Some(&initramfs),
+        None,
+        cmdline,
+        cpus,
+        memory,
+        extra,
+    );
+    Some(run_guest(&args, deadline, None))
 }
 
 fn banner_and_acpi(test: &str, image: &str) {
@@ -116,11 +216,10 @@ fn banner_and_acpi(test: &str, image: &str) {
     let cmdline = format!("{CMDLINE} {APIC_VERBOSE}");
     let run = early_boot_cmdline(&kernel, "2", &cmdline, &[], Duration::from_secs(600), &done);
     assert!(run.saw("Linux version"), "no banner\n{}", run.dump());
-    for l in ACPI_LINES.iter().chain(&PLATFORM_LINES) {
-        assert!(run.saw(l), "missing '{l}'\n{}", run.dump());
-    }
-    assert!(!run.saw(COM1_UNROUTED), "{}", run.dump());
-    assert!(run.saw("smpboot: Allowing 2 CPUs"), "{}", run.dump());
+    assert_saw_all(&run, &ACPI_LINES);
+    assert_saw_all(&run, &PLATFORM_LINES);
+    assert_saw_none(&run, &[COM1_UNROUTED]);
+    assert_saw_all(&run, &["smpboot: Allowing 2 CPUs"]);
     assert!(!run.timed_out, "{}", run.dump());
 }
 
@@ -144,43 +243,24 @@ fn linux_bzimage_prints_banner_and_acpi() {
 #[test]
 #[ignore = "needs hardware virtualization (VT-x/AMD-V): run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
 fn linux_initramfs_reaches_user_space() {
-    let test = "linux_initramfs_reaches_user_space";
-    require_hardware_virtualization();
-    if let Err(why) = kvm_available() {
-        return skip(test, &why);
-    }
-    let (kernel, initramfs) = match (asset("bzImage"), asset("initramfs.cpio.gz")) {
-        (Ok(k), Ok(i)) => (k, i),
-        (Err(why), _) | (_, Err(why)) => return skip(test, &why),
-    };
-    let run = run_guest(
-        &[
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
-            "--initramfs",
-            initramfs.to_str().expect("utf-8 path"),
-            "--cmdline",
-            "console=ttyS0 panic=-1",
-            "--cpus",
-            "4",
-            "--memory",
-            "512M",
-        ],
+    let Some(run) = boot_initramfs_or_skip(
+        "linux_initramfs_reaches_user_space",
+        INITRAMFS_CMDLINE,
+        "4",
+        "512M",
+        &[],
         Duration::from_secs(300),
-        None,
-    );
-    assert!(run.saw("IRVMM-INIT-OK cpus=4"), "{}", run.dump());
-    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+    ) else {
+        return;
+    };
+    assert_saw_all(&run, &["IRVMM-INIT-OK cpus=4"]);
+    assert_powered_off(&run);
     // What Linux reports about the platform once its drivers run (after this KVM's int3
     // stop, so derived from Linux 6.1's code paths, not yet seen here): COM1 on ISA IRQ 4
     // (24 while the FADT was hardware-reduced), the host bridge's _OSC granting native
     // control, MMCONFIG taken from the e820 reservation at once.
-    for l in USER_SPACE_PLATFORM_LINES {
-        assert!(run.saw(l), "missing '{l}'\n{}", run.dump());
-    }
-    for l in USER_SPACE_PLATFORM_COMPLAINTS {
-        assert!(!run.saw(l), "'{l}'\n{}", run.dump());
-    }
+    assert_saw_all(&run, &USER_SPACE_PLATFORM_LINES);
+    assert_saw_none(&run, &USER_SPACE_PLATFORM_COMPLAINTS);
 }
 
 /// Lines a Linux that reached user space prints about irvmm's platform.
@@ -203,7 +283,7 @@ fn linux_288_vcpus_come_up_in_x2apic_mode() {
         lines.iter().any(|l| x2apic(l)) && lines.iter().any(|l| l.contains("smpboot: Allowing"))
     };
     let run = early_boot(&kernel, "288", &[], Duration::from_secs(900), &done);
-    assert!(run.saw("smpboot: Allowing 288 CPUs"), "{}", run.dump());
+    assert_saw_all(&run, &["smpboot: Allowing 288 CPUs"]);
     assert!(
         run.lines.iter().any(|l| x2apic(l)),
         "x2APIC mode not reached\n{}",
@@ -219,8 +299,7 @@ fn linux_288_vcpus_enable_interrupt_remapping_in_x2apic_mode() {
     ) else {
         return;
     };
-    const ENABLED: &str = "DMAR-IR: Enabled IRQ remapping in x2apic mode";
-    let done = |lines: &[String]| lines.iter().any(|l| l.contains(ENABLED));
+    let done = |lines: &[String]| lines.iter().any(|l| l.contains(DMAR_IR_ENABLED));
     let run = early_boot(
         &kernel,
         "288",
@@ -228,29 +307,21 @@ fn linux_288_vcpus_enable_interrupt_remapping_in_x2apic_mode() {
         Duration::from_secs(1200),
         &done,
     );
-    assert!(run.saw("ACPI: DMAR"), "{}", run.dump());
-    assert!(
-        run.saw("DMAR-IR: IOAPIC id 0 under DRHD base"),
-        "{}",
-        run.dump()
+    assert_saw_all(
+        &run,
+        &[
+            "ACPI: DMAR",
+            "DMAR-IR: IOAPIC id 0 under DRHD base",
+            DMAR_IR_ENABLED,
+        ],
     );
-    assert!(run.saw(ENABLED), "{}", run.dump());
-    let faults: Vec<&String> = run
-        .lines
-        .iter()
-        .filter(|l| l.contains("DMAR") && l.to_ascii_lowercase().contains("fault"))
-        .collect();
-    assert!(
-        faults.is_empty(),
-        "DMAR fault lines: {faults:?}\n{}",
-        run.dump()
-    );
+    assert_no_dmar_faults(&run);
     // DMA translation is attempted: the unit reports second-level address widths, so
     // alloc_iommu does not print "No supported address widths. Not attempting DMA
     // translation." (what it printed while CAP.SAGAW was 0). Linux enables translation
     // itself only in intel_iommu_init, after this KVM's int3 stop ("DMAR: Intel(R)
     // Virtualization Technology for Directed I/O": the user-space test checks it).
-    assert!(!run.saw("Not attempting DMA translation"), "{}", run.dump());
+    assert_saw_none(&run, &["Not attempting DMA translation"]);
     let cap = dmar0_cap(&run).unwrap_or_else(|| panic!("no dmar0 line\n{}", run.dump()));
     assert_ne!((cap >> 8) & 0x1f, 0, "CAP {cap:#x}: SAGAW 0");
     assert_ne!(cap & (1 << 7), 0, "CAP {cap:#x}: caching mode off");
@@ -275,54 +346,22 @@ fn dmar0_cap(run: &GuestRun) -> Option<u64> {
 #[test]
 #[ignore = "needs hardware virtualization (VT-x/AMD-V): run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
 fn linux_initramfs_with_strict_dma_translation() {
-    let test = "linux_initramfs_with_strict_dma_translation";
-    require_hardware_virtualization();
-    let Some(kernel) = kernel_or_skip(test, "bzImage") else {
+    let Some(run) = boot_initramfs_or_skip(
+        "linux_initramfs_with_strict_dma_translation",
+        &format!("{INITRAMFS_CMDLINE} iommu=strict"),
+        "4",
+        "1G",
+        &["--iommu", "intel", "--device", "edu"],
+        Duration::from_secs(300),
+    ) else {
         return;
     };
-    let initramfs = match asset("initramfs.cpio.gz") {
-        Ok(p) => p,
-        Err(why) => return skip(test, &why),
-    };
-    let run = run_guest(
-        &[
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
-            "--initramfs",
-            initramfs.to_str().expect("utf-8 path"),
-            "--cmdline",
-            "console=ttyS0 panic=-1 iommu=strict",
-            "--cpus",
-            "4",
-            "--memory",
-            "1G",
-            "--iommu",
-            "intel",
-            "--device",
-            "edu",
-        ],
-        Duration::from_secs(300),
-        None,
-    );
-    assert!(
-        run.saw("DMAR: Intel(R) Virtualization Technology for Directed I/O"),
-        "DMA translation not enabled\n{}",
-        run.dump()
-    );
-    assert!(!run.saw("Not attempting DMA translation"), "{}", run.dump());
-    assert!(
-        run.saw("DMAR-IR: Enabled IRQ remapping in x2apic mode"),
-        "{}",
-        run.dump()
-    );
-    let faults: Vec<&String> = run
-        .lines
-        .iter()
-        .filter(|l| l.contains("DMAR") && l.to_ascii_lowercase().contains("fault"))
-        .collect();
-    assert!(faults.is_empty(), "DMAR faults: {faults:?}\n{}", run.dump());
-    assert!(run.saw("IRVMM-INIT-OK cpus=4"), "{}", run.dump());
-    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+    assert_dma_translation_enabled(&run);
+    assert_saw_none(&run, &["Not attempting DMA translation"]);
+    assert_saw_all(&run, &[DMAR_IR_ENABLED]);
+    assert_no_dmar_faults(&run);
+    assert_saw_all(&run, &["IRVMM-INIT-OK cpus=4"]);
+    assert_powered_off(&run);
 }
 
 /// Linux 6.1's AMD IOMMU driver uses 128-bit IRTEs (GA) and x2APIC mode (XT) only when the
@@ -349,6 +388,16 @@ const AMD_VI_TROUBLE: [&str; 10] = [
     "AMD-Vi: Failed",
 ];
 
+/// Asserts that Linux printed none of [`AMD_VI_TROUBLE`].
+fn assert_no_amd_vi_trouble(run: &GuestRun) {
+    let trouble: Vec<&String> = run
+        .lines
+        .iter()
+        .filter(|l| AMD_VI_TROUBLE.iter().any(|t| l.contains(t)))
+        .collect();
+    assert!(trouble.is_empty(), "{trouble:?}\n{}", run.dump());
+}
+
 /// Debian's kernel with `--iommu amd` at 288 vCPUs, up to where this KVM stops it (the
 /// `int3` of its self-test, right after interrupt remapping is switched on).
 ///
@@ -371,36 +420,33 @@ fn linux_288_vcpus_enable_amd_vi_interrupt_remapping_in_x2apic_mode() {
     const VMM_MODE: &str =
         "AMD-Vi: guest set interrupt remapping on, 128-bit IRTEs, x2APIC destinations";
     let done = |lines: &[String]| lines.iter().any(|l| l.contains(X2APIC));
+    let args = guest_args(
+        &kernel,
+        None,
+        Some(AMD_CPU_FEATURES),
+        AMD_CMDLINE,
+        "288",
+        "256M",
+        &["--iommu", "amd"],
+    );
     let run = run_guest_env(
-        &[
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
-            "--cpu-features",
-            AMD_CPU_FEATURES,
-            "--cmdline",
-            AMD_CMDLINE,
-            "--cpus",
-            "288",
-            "--memory",
-            "256M",
-            "--iommu",
-            "amd",
-        ],
+        &args,
         &[("RUST_LOG", "info")],
         Duration::from_secs(1200),
         Some(&done),
     );
-    for line in [
-        "ACPI: IVRS",
-        "AMD-Vi: Using IVHD type 0x11",
-        "device: 0000:00:1e.0 cap: 0040",
-        "mmio-addr: 00000000fed80000",
-        "AMD-Vi: Using global IVHD EFR:0x2000c4",
-        "smpboot: Allowing 288 CPUs",
-        "Setting APIC routing to cluster x2apic",
-    ] {
-        assert!(run.saw(line), "missing {line:?}\n{}", run.dump());
-    }
+    assert_saw_all(
+        &run,
+        &[
+            "ACPI: IVRS",
+            "AMD-Vi: Using IVHD type 0x11",
+            "device: 0000:00:1e.0 cap: 0040",
+            "mmio-addr: 00000000fed80000",
+            "AMD-Vi: Using global IVHD EFR:0x2000c4",
+            "smpboot: Allowing 288 CPUs",
+            "Setting APIC routing to cluster x2apic",
+        ],
+    );
     assert!(
         run.lines
             .iter()
@@ -413,20 +459,14 @@ fn linux_288_vcpus_enable_amd_vi_interrupt_remapping_in_x2apic_mode() {
         "remapping is not in x2APIC mode\n{}",
         run.dump()
     );
-    let trouble: Vec<&String> = run
-        .lines
-        .iter()
-        .filter(|l| AMD_VI_TROUBLE.iter().any(|t| l.contains(t)))
-        .collect();
-    assert!(trouble.is_empty(), "{trouble:?}\n{}", run.dump());
+    assert_no_amd_vi_trouble(&run);
     assert!(
         run.stderr.contains(VMM_MODE),
         "the guest did not switch remapping on in x2APIC mode\n{}",
         run.dump()
     );
     if run.saw(ENABLED) || hardware_virtualization().is_ok() {
-        assert!(run.saw(ENABLED), "{}", run.dump());
-        assert!(run.saw(X2APIC), "{}", run.dump());
+        assert_saw_all(&run, &[ENABLED, X2APIC]);
     } else {
         // This KVM stops the kernel at its int3 self-test, after the lines above.
         assert_eq!(run.code(), Some(120), "{}", run.dump());
@@ -441,45 +481,24 @@ fn linux_288_vcpus_enable_amd_vi_interrupt_remapping_in_x2apic_mode() {
 #[test]
 #[ignore = "needs hardware virtualization (VT-x/AMD-V): run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
 fn linux_initramfs_288_vcpus_with_interrupt_remapping() {
-    let test = "linux_initramfs_288_vcpus_with_interrupt_remapping";
-    require_hardware_virtualization();
-    let Some(kernel) = kernel_or_skip(test, "bzImage") else {
+    let Some(run) = boot_initramfs_or_skip(
+        "linux_initramfs_288_vcpus_with_interrupt_remapping",
+        INITRAMFS_CMDLINE,
+        "288",
+        "2G",
+        &["--iommu", "intel"],
+        Duration::from_secs(600),
+    ) else {
         return;
     };
-    let initramfs = match asset("initramfs.cpio.gz") {
-        Ok(p) => p,
-        Err(why) => return skip(test, &why),
-    };
-    let run = run_guest(
-        &[
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
-            "--initramfs",
-            initramfs.to_str().expect("utf-8 path"),
-            "--cmdline",
-            "console=ttyS0 panic=-1",
-            "--cpus",
-            "288",
-            "--memory",
-            "2G",
-            "--iommu",
-            "intel",
-        ],
-        Duration::from_secs(600),
-        None,
-    );
-    assert!(
-        run.saw("DMAR-IR: Enabled IRQ remapping in x2apic mode"),
-        "{}",
-        run.dump()
-    );
+    assert_saw_all(&run, &[DMAR_IR_ENABLED]);
     assert!(
         run.saw("IR-IO-APIC"),
         "/proc/interrupts must show remapped IOAPIC pins\n{}",
         run.dump()
     );
-    assert!(run.saw("IRVMM-INIT-OK cpus=288"), "{}", run.dump());
-    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+    assert_saw_all(&run, &["IRVMM-INIT-OK cpus=288"]);
+    assert_powered_off(&run);
 }
 
 /// The AMD-Vi twin of [`linux_initramfs_288_vcpus_with_interrupt_remapping`]: Linux prints
@@ -490,49 +509,28 @@ fn linux_initramfs_288_vcpus_with_interrupt_remapping() {
 #[test]
 #[ignore = "needs hardware virtualization (VT-x/AMD-V): run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
 fn linux_initramfs_288_vcpus_with_amd_vi_interrupt_remapping() {
-    let test = "linux_initramfs_288_vcpus_with_amd_vi_interrupt_remapping";
-    require_hardware_virtualization();
-    let Some(kernel) = kernel_or_skip(test, "bzImage") else {
+    let Some(run) = boot_initramfs_or_skip(
+        "linux_initramfs_288_vcpus_with_amd_vi_interrupt_remapping",
+        INITRAMFS_CMDLINE,
+        "288",
+        "2G",
+        &["--iommu", "amd"],
+        Duration::from_secs(600),
+    ) else {
         return;
     };
-    let initramfs = match asset("initramfs.cpio.gz") {
-        Ok(p) => p,
-        Err(why) => return skip(test, &why),
-    };
-    let run = run_guest(
+    assert_saw_all(
+        &run,
         &[
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
-            "--initramfs",
-            initramfs.to_str().expect("utf-8 path"),
-            "--cmdline",
-            "console=ttyS0 panic=-1",
-            "--cpus",
-            "288",
-            "--memory",
-            "2G",
-            "--iommu",
-            "amd",
+            "AMD-Vi: Interrupt remapping enabled",
+            "AMD-Vi: X2APIC enabled",
+            "AMD-Vi: Virtual APIC enabled",
+            "IR-IO-APIC",
+            "IRVMM-INIT-OK cpus=288",
         ],
-        Duration::from_secs(600),
-        None,
     );
-    for line in [
-        "AMD-Vi: Interrupt remapping enabled",
-        "AMD-Vi: X2APIC enabled",
-        "AMD-Vi: Virtual APIC enabled",
-        "IR-IO-APIC",
-        "IRVMM-INIT-OK cpus=288",
-    ] {
-        assert!(run.saw(line), "missing {line:?}\n{}", run.dump());
-    }
-    let trouble: Vec<&String> = run
-        .lines
-        .iter()
-        .filter(|l| AMD_VI_TROUBLE.iter().any(|t| l.contains(t)))
-        .collect();
-    assert!(trouble.is_empty(), "{trouble:?}\n{}", run.dump());
-    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+    assert_no_amd_vi_trouble(&run);
+    assert_powered_off(&run);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -568,6 +566,8 @@ const DISK_MODULE_ORDER: [(&str, &[&str]); 8] = [
 ];
 /// The file the root disk's /sbin/init writes.
 const WRITE_TEST_FILE: &str = "/root/irvmm-write-test";
+/// The kernel command line of the root-disk boots, before what each adds.
+const ROOT_DISK_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw panic=-1";
 
 /// The disk step's outputs and the kernel release whose modules they carry.
 struct DiskAssets {
@@ -679,43 +679,97 @@ impl Drop for ScratchDir {
 fn root_disk_or_skip(test: &str) -> Option<(PathBuf, DiskAssets)> {
     require_hardware_virtualization();
     let kernel = kernel_or_skip(test, "bzImage")?;
-    match disk_assets().and_then(|a| host_tool("debugfs").map(|_| a)) {
-        Ok(a) => Some((kernel, a)),
-        Err(why) => {
-            skip(test, &why);
-            None
-        }
-    }
+    let assets = or_skip(
+        test,
+        disk_assets().and_then(|a| host_tool("debugfs").map(|_| a)),
+    )?;
+    Some((kernel, assets))
 }
 
 /// Boots Debian's kernel with the disk initramfs and `disk` as root, `cmdline_extra` added
-/// to the kernel command line and `extra` irvmm arguments, until the VM exits.
+/// to the kernel command line, `extra` irvmm arguments and `env` for irvmm, until the VM
+/// exits.
 fn boot_root_disk(
     kernel: &Path,
     assets: &DiskAssets,
     disk: Option<&Path>,
     cmdline_extra: &str,
     extra: &[&str],
+    env: &[(&str, &str)],
 ) -> GuestRun {
-    let cmdline = format!("console=ttyS0 root=/dev/vda rw panic=-1 {cmdline_extra}");
+    let cmdline = format!("{ROOT_DISK_CMDLINE} {cmdline_extra}");
     let disk_arg = disk.map(|d| format!("path={}", d.display()));
-    let mut args = vec![
-        "--kernel",
-        kernel.to_str().expect("utf-8 path"),
-        "--initramfs",
-        assets.initramfs.to_str().expect("utf-8 path"),
-        "--cmdline",
+    let mut args = guest_args(
+        kernel,
+        Some(&assets.initramfs),
+        None,
         &cmdline,
-        "--cpus",
         "2",
-        "--memory",
         "512M",
-    ];
+        &[],
+    );
     if let Some(d) = &disk_arg {
         args.extend(["--disk", d.as_str()]);
     }
     args.extend_from_slice(extra);
-    run_guest(&args, Duration::from_secs(300), None)
+    run_guest_env(&args, env, Duration::from_secs(300), None)
+}
+
+/// A boot of a private copy of the root disk whose /sbin/init writes this boot's token to
+/// [`WRITE_TEST_FILE`].
+struct WritingBoot {
+    run: GuestRun,
+    /// The image booted: a copy, removed with `_scratch`.
+    disk: PathBuf,
+    token: String,
+    assets: DiskAssets,
+    _scratch: ScratchDir,
+}
+
+impl WritingBoot {
+    /// Boots Debian's kernel with the disk initramfs and a fresh copy of the root disk,
+    /// `cmdline_extra` and `irvmm.token=<a fresh token>` added to the kernel command line,
+    /// `extra` irvmm arguments and `env` for irvmm, until the VM exits. `None` after printing
+    /// why `test` skips (see [`root_disk_or_skip`]).
+    fn run_or_skip(
+        test: &str,
+        cmdline_extra: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Option<WritingBoot> {
+        let (kernel, assets) = root_disk_or_skip(test)?;
+        let scratch = ScratchDir::new(test);
+        let disk = scratch.rootfs_copy(&assets);
+        let token = fresh_token();
+        let token_arg = format!("irvmm.token={token}");
+        let cmdline_extra = if cmdline_extra.is_empty() {
+            token_arg
+        } else {
+            format!("{cmdline_extra} {token_arg}")
+        };
+        let run = boot_root_disk(&kernel, &assets, Some(&disk), &cmdline_extra, extra, env);
+        Some(WritingBoot {
+            run,
+            disk,
+            token,
+            assets,
+            _scratch: scratch,
+        })
+    }
+}
+
+/// Asserts that the root disk's /sbin/init ran and found its root read-write.
+fn assert_root_ok(run: &GuestRun) {
+    assert_saw_all(run, &["IRVMM-ROOT-OK root=/dev/vda mode=rw"]);
+}
+
+/// Asserts that the image `disk` holds the guest's [`WRITE_TEST_FILE`] with `record`.
+fn assert_guest_wrote(disk: &Path, record: &str) {
+    let written = debugfs(disk, &format!("cat {WRITE_TEST_FILE}"));
+    assert!(
+        written.contains(record),
+        "{WRITE_TEST_FILE} in the image reads {written:?}"
+    );
 }
 
 /// The assets the disk step wrote are what the boot tests expect: the initramfs holds
@@ -728,9 +782,8 @@ fn linux_disk_assets_are_well_formed() {
     if let Some(Err(why)) = tools.iter().find(|t| t.is_err()) {
         return skip(test, why);
     }
-    let assets = match disk_assets() {
-        Ok(a) => a,
-        Err(why) => return skip(test, &why),
+    let Some(assets) = or_skip(test, disk_assets()) else {
+        return;
     };
     let moddir = format!("lib/modules/{}", assets.release);
 
@@ -833,12 +886,13 @@ fn linux_root_disk_assets_boot_on_qemu_tcg() {
             "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)",
         );
     };
-    let (kernel, assets) = match asset("bzImage").and_then(|k| Ok((k, disk_assets()?))) {
-        Ok(a) => a,
-        Err(why) => return skip(test, &why),
+    let Some((kernel, assets)) =
+        or_skip(test, asset("bzImage").and_then(|k| Ok((k, disk_assets()?))))
+    else {
+        return;
     };
-    if let Err(why) = host_tool("debugfs") {
-        return skip(test, &why);
+    if or_skip(test, host_tool("debugfs")).is_none() {
+        return;
     }
     let scratch = ScratchDir::new(test);
     let disk = scratch.rootfs_copy(&assets);
@@ -869,9 +923,7 @@ fn linux_root_disk_assets_boot_on_qemu_tcg() {
                 "pvpanic",
             ])
             .arg("-append")
-            .arg(format!(
-                "console=ttyS0 root=/dev/vda rw panic=-1 irvmm.token={token}"
-            ))
+            .arg(format!("{ROOT_DISK_CMDLINE} irvmm.token={token}"))
             .stdin(Stdio::null()),
     );
     for line in [
@@ -887,13 +939,9 @@ fn linux_root_disk_assets_boot_on_qemu_tcg() {
         .filter(|l| l.contains("-FAIL") || l.contains("IRVMM-INITRD: insmod"))
         .collect();
     assert!(failed.is_empty(), "{failed:?}\n{out}");
-    let written = debugfs(&disk, &format!("cat {WRITE_TEST_FILE}"));
-    assert!(
-        written.contains(&format!(
-            "IRVMM-WRITE token={token} kernel={}",
-            assets.release
-        )),
-        "{WRITE_TEST_FILE} in the image reads {written:?}"
+    assert_guest_wrote(
+        &disk,
+        &format!("IRVMM-WRITE token={token} kernel={}", assets.release),
     );
 }
 
@@ -906,9 +954,8 @@ fn linux_root_disk_boot_gets_its_initramfs() {
     let Some(kernel) = kernel_or_skip(test, "vmlinux") else {
         return;
     };
-    let assets = match disk_assets() {
-        Ok(a) => a,
-        Err(why) => return skip(test, &why),
+    let Some(assets) = or_skip(test, disk_assets()) else {
+        return;
     };
     let scratch = ScratchDir::new(test);
     let disk = format!("path={}", scratch.rootfs_copy(&assets).display());
@@ -916,16 +963,11 @@ fn linux_root_disk_boot_gets_its_initramfs() {
     let run = early_boot(
         &kernel,
         "1",
-        &[
-            "--initramfs",
-            assets.initramfs.to_str().expect("utf-8 path"),
-            "--disk",
-            &disk,
-        ],
+        &["--initramfs", arg(&assets.initramfs), "--disk", &disk],
         Duration::from_secs(600),
         &done,
     );
-    assert!(run.saw("smpboot: Allowing 1 CPUs"), "{}", run.dump());
+    assert_saw_all(&run, &["smpboot: Allowing 1 CPUs"]);
     let range = run
         .lines
         .iter()
@@ -951,20 +993,15 @@ fn linux_root_disk_boot_gets_its_initramfs() {
 #[test]
 #[ignore = "needs hardware virtualization (VT-x/AMD-V): run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
 fn linux_root_disk_reaches_user_space_and_writes() {
-    let test = "linux_root_disk_reaches_user_space_and_writes";
-    let Some((kernel, assets)) = root_disk_or_skip(test) else {
+    let Some(boot) = WritingBoot::run_or_skip(
+        "linux_root_disk_reaches_user_space_and_writes",
+        "",
+        &["--console", "virtio", "--rng"],
+        &[],
+    ) else {
         return;
     };
-    let scratch = ScratchDir::new(test);
-    let disk = scratch.rootfs_copy(&assets);
-    let token = fresh_token();
-    let run = boot_root_disk(
-        &kernel,
-        &assets,
-        Some(&disk),
-        &format!("irvmm.token={token}"),
-        &["--console", "virtio", "--rng"],
-    );
+    let run = &boot.run;
     let loaded = DISK_MODULE_ORDER.len();
     assert!(
         run.lines.iter().any(|l| l
@@ -982,11 +1019,7 @@ fn linux_root_disk_reaches_user_space_and_writes() {
         .collect();
     assert!(failed.is_empty(), "{failed:?}\n{}", run.dump());
     assert!(run.saw("[vda]"), "virtio-blk found no disk\n{}", run.dump());
-    assert!(
-        run.saw("IRVMM-ROOT-OK root=/dev/vda mode=rw"),
-        "{}",
-        run.dump()
-    );
+    assert_root_ok(run);
     let virtio = run
         .lines
         .iter()
@@ -998,15 +1031,14 @@ fn linux_root_disk_reaches_user_space_and_writes() {
             "{driver} is not bound: {virtio}"
         );
     }
-    assert!(!run.saw("IRVMM-ROOT-FAIL"), "{}", run.dump());
-    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
-    let written = debugfs(&disk, &format!("cat {WRITE_TEST_FILE}"));
-    assert!(
-        written.contains(&format!(
-            "IRVMM-WRITE token={token} kernel={}",
-            assets.release
-        )),
-        "{WRITE_TEST_FILE} in the image reads {written:?}"
+    assert_saw_none(run, &["IRVMM-ROOT-FAIL"]);
+    assert_powered_off(run);
+    assert_guest_wrote(
+        &boot.disk,
+        &format!(
+            "IRVMM-WRITE token={} kernel={}",
+            boot.token, boot.assets.release
+        ),
     );
 }
 
@@ -1019,46 +1051,16 @@ fn linux_root_disk_reaches_user_space_and_writes() {
 #[test]
 #[ignore = "needs hardware virtualization (VT-x/AMD-V): run on such a host with `IRVMM_REQUIRE_ASSETS=1 cargo nextest run -p cli --run-ignored only -E 'binary(linux_boot)'`"]
 fn linux_root_disk_through_the_iommu_with_strict_translation() {
-    let test = "linux_root_disk_through_the_iommu_with_strict_translation";
-    let Some((kernel, assets)) = root_disk_or_skip(test) else {
+    let Some(boot) = WritingBoot::run_or_skip(
+        "linux_root_disk_through_the_iommu_with_strict_translation",
+        "intel_iommu=on iommu=strict",
+        &["--iommu", "intel", "--console", "virtio", "--rng"],
+        &[("RUST_LOG", "info")],
+    ) else {
         return;
     };
-    let scratch = ScratchDir::new(test);
-    let disk = scratch.rootfs_copy(&assets);
-    let token = fresh_token();
-    let cmdline = format!(
-        "console=ttyS0 root=/dev/vda rw panic=-1 intel_iommu=on iommu=strict irvmm.token={token}"
-    );
-    let disk_arg = format!("path={}", disk.display());
-    let run = run_guest_env(
-        &[
-            "--kernel",
-            kernel.to_str().expect("utf-8 path"),
-            "--initramfs",
-            assets.initramfs.to_str().expect("utf-8 path"),
-            "--cmdline",
-            &cmdline,
-            "--cpus",
-            "2",
-            "--memory",
-            "512M",
-            "--iommu",
-            "intel",
-            "--disk",
-            &disk_arg,
-            "--console",
-            "virtio",
-            "--rng",
-        ],
-        &[("RUST_LOG", "info")],
-        Duration::from_secs(300),
-        None,
-    );
-    assert!(
-        run.saw("DMAR: Intel(R) Virtualization Technology for Directed I/O"),
-        "DMA translation not enabled\n{}",
-        run.dump()
-    );
+    let run = &boot.run;
+    assert_dma_translation_enabled(run);
     for device in ["blk0", "console", "rng"] {
         assert!(
             run.stderr
@@ -1069,24 +1071,11 @@ fn linux_root_disk_through_the_iommu_with_strict_translation() {
             run.dump()
         );
     }
-    let faults: Vec<&String> = run
-        .lines
-        .iter()
-        .filter(|l| l.contains("DMAR") && l.to_ascii_lowercase().contains("fault"))
-        .collect();
-    assert!(faults.is_empty(), "DMAR faults: {faults:?}\n{}", run.dump());
-    assert!(
-        run.saw("IRVMM-ROOT-OK root=/dev/vda mode=rw"),
-        "{}",
-        run.dump()
-    );
-    assert!(!run.saw("IRVMM-ROOT-FAIL"), "{}", run.dump());
-    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
-    let written = debugfs(&disk, &format!("cat {WRITE_TEST_FILE}"));
-    assert!(
-        written.contains(&format!("IRVMM-WRITE token={token}")),
-        "{WRITE_TEST_FILE} in the image reads {written:?}"
-    );
+    assert_no_dmar_faults(run);
+    assert_root_ok(run);
+    assert_saw_none(run, &["IRVMM-ROOT-FAIL"]);
+    assert_powered_off(run);
+    assert_guest_wrote(&boot.disk, &format!("IRVMM-WRITE token={}", boot.token));
 }
 
 /// Panics reach irvmm through both pvpanic transports Linux drives (pvpanic-mmio for the
@@ -1108,6 +1097,7 @@ fn linux_root_disk_panics_exit_123() {
             Some(&disk),
             "irvmm.panic=1",
             &["--pvpanic", pvpanic],
+            &[],
         );
         assert!(run.saw("IRVMM-ROOT-OK"), "{pvpanic}: {}", run.dump());
         assert!(
@@ -1117,11 +1107,10 @@ fn linux_root_disk_panics_exit_123() {
         );
         assert_eq!(run.code(), Some(123), "{pvpanic}: {}", run.dump());
     }
-    let run = boot_root_disk(&kernel, &assets, None, "irvmm.rootwait=2", &[]);
-    assert!(
-        run.saw("IRVMM-INITRD-FAIL: root device /dev/vda did not appear"),
-        "{}",
-        run.dump()
+    let run = boot_root_disk(&kernel, &assets, None, "irvmm.rootwait=2", &[], &[]);
+    assert_saw_all(
+        &run,
+        &["IRVMM-INITRD-FAIL: root device /dev/vda did not appear"],
     );
     assert_eq!(run.code(), Some(123), "{}", run.dump());
 }
@@ -1227,15 +1216,17 @@ fn linux_root_disk_pings_over_tap() {
             Some(&disk),
             "irvmm.ping=10.0.0.1/10.0.0.2",
             &["--net", &net],
+            &[],
         )
     });
-    assert!(
-        run.saw("IRVMM-ROOT: eth0 52:54:00:12:34:56 10.0.0.2/24"),
-        "{}",
-        run.dump()
+    assert_saw_all(
+        &run,
+        &[
+            "IRVMM-ROOT: eth0 52:54:00:12:34:56 10.0.0.2/24",
+            "IRVMM-PING-OK peer=10.0.0.1",
+        ],
     );
-    assert!(run.saw("IRVMM-PING-OK peer=10.0.0.1"), "{}", run.dump());
-    assert_eq!(run.code(), Some(0), "power-off must exit 0\n{}", run.dump());
+    assert_powered_off(&run);
     let stats = ns.exec(&["ip", "-s", "link", "show", &ns.tap]);
     assert!(stats.contains("RX:"), "{stats}");
 }
