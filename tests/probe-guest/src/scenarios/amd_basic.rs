@@ -20,13 +20,12 @@
 //! Passes with `from=A to=B index=I devid=0xDDDD`.
 
 use super::amd_common::{self, AmdPlatform};
-use super::ir_common::{self, Vmm, DELIVERY_TIMEOUT_NS, SETTLE_NS};
+use super::ir_common::{self, DELIVERY_TIMEOUT_NS};
 use super::smp::{self, Smp};
 use super::Context;
 use crate::amdvi::irte::{self, Irte, LINUX_LEN_LOG2};
 use crate::amdvi::{Options, UnitInterrupts};
 use crate::ap::ApMode;
-use crate::clock::Clock;
 use crate::edu::{self, Edu};
 use crate::msi::Msi;
 use crate::report::{Outcome, Text};
@@ -38,8 +37,6 @@ const VECTOR: u8 = irq::TEST_VECTOR_A;
 /// The entry edu's MSI names (bit 8 set: data bits 10:8 are also the message type, and
 /// 001b, arbitrated, is remapped like fixed).
 const INDEX: u32 = 0x123;
-/// The edu interrupt-status bit the probe raises.
-const RAISE_BIT: u32 = 1;
 
 /// Where the steps moved the interrupt.
 pub struct Moved {
@@ -51,16 +48,6 @@ pub struct Moved {
     pub index: u32,
     /// edu's device ID.
     pub device_id: u16,
-}
-
-/// Makes the device send its MSI once and waits until [`DEVICE`] reaches `total` receipts
-/// (or the deadline), then watches for strays; returns whether the total was reached.
-fn fire(edu: &Edu, clock: &Clock, total: u32) -> bool {
-    edu.raise(RAISE_BIT);
-    let arrived = ir_common::wait(clock, DELIVERY_TIMEOUT_NS, || DEVICE.total() >= total);
-    ir_common::settle(clock, SETTLE_NS);
-    edu.ack(RAISE_BIT);
-    arrived
 }
 
 /// Runs the scenario.
@@ -84,14 +71,7 @@ pub fn exercise(ctx: &Context, smp: &Smp, platform: &AmdPlatform) -> Result<Move
     let edu = Edu::find(edu::EDU_DEVICE_ID)?;
     let msi = Msi::find(edu.function)?;
     let device_id = platform.device_id(edu.function)?;
-    let from = ir_common::highest_ap(smp)?;
-    let to = smp
-        .cpus
-        .ids()
-        .iter()
-        .copied()
-        .find(|&id| id != smp.bsp_id && id != from)
-        .ok_or_else(|| text!("needs a second AP"))?;
+    let (from, to) = ir_common::from_and_to(smp)?;
     let clock = smp.clock;
 
     irq::set_handler(VECTOR, tally::on_device)?;
@@ -121,7 +101,7 @@ pub fn exercise(ctx: &Context, smp: &Smp, platform: &AmdPlatform) -> Result<Move
     );
 
     // 1. Remapped to `from`.
-    if !fire(&edu, &clock, 1) {
+    if !ir_common::fire_edu(&edu, &clock, 1) {
         return Err(text!(
             "no interrupt within {} ms of the edu raise (edu status 0x{:x}, AMD-Vi status 0x{:x}); {}",
             DELIVERY_TIMEOUT_NS / ir_common::NS_PER_MS,
@@ -134,43 +114,17 @@ pub fn exercise(ctx: &Context, smp: &Smp, platform: &AmdPlatform) -> Result<Move
 
     // 2. The entry now names `to`, but nobody told the unit.
     table.set(INDEX, Irte::remapped(VECTOR, to))?;
-    let arrived = fire(&edu, &clock, 2);
-    let (at_from, at_to) = (DEVICE.hits(from), DEVICE.hits(to));
-    let cached = arrived && at_from == 2 && at_to == 0 && DEVICE.total() == 2;
-    let reread = arrived && at_from == 1 && at_to == 1 && DEVICE.total() == 2;
-    if platform.vmm == Vmm::Irvmm && !cached {
-        return Err(text!(
-            "entry rewritten without invalidation: expected the cached route to APIC ID {} \
-             again, got {} there and {} on ID {} ({} in all)",
-            from,
-            at_from,
-            at_to,
-            to,
-            DEVICE.total()
-        ));
-    }
-    if !cached && !reread {
-        return Err(text!(
-            "raise after the unannounced rewrite: {} interrupts in all, {}",
-            DEVICE.total(),
-            ir_common::Takers(&DEVICE)
-        ));
-    }
-    sprintln!(
-        "amd-ir-basic: before invalidation the interrupt went to APIC ID {} ({} on {})",
-        if cached { from } else { to },
-        if cached {
-            "the cached entry"
-        } else {
-            "observation: the rewritten entry, read without invalidation"
-        },
-        platform.vmm.name()
-    );
+    let arrived = ir_common::fire_edu(&edu, &clock, 2);
+    let (at_from, at_to) =
+        ir_common::check_unannounced("amd-ir-basic", platform.vmm, from, to, arrived)?;
 
     // 3. Invalidate edu's table: the next interrupt follows the entry.
     vi.invalidate_table(device_id)?;
     let expect_to = at_to + 1;
-    if !fire(&edu, &clock, 3) || DEVICE.hits(to) != expect_to || DEVICE.hits(from) != at_from {
+    if !ir_common::fire_edu(&edu, &clock, 3)
+        || DEVICE.hits(to) != expect_to
+        || DEVICE.hits(from) != at_from
+    {
         return Err(text!(
             "after INVALIDATE_INTERRUPT_TABLE 0x{:04x}: {} interrupts on APIC ID {} (expected {}), \
              {} on {} (expected {}), {} in all",

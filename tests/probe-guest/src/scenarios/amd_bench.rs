@@ -4,9 +4,10 @@
 //! device, COMPLETION_WAIT with a polled store), and, on a unit with guest virtual APIC
 //! mode, delivering through remapped versus guest-mode (posted) entries.
 //!
-//! Command line: `probe.vectors=N` (default [`DEFAULT_VECTORS`]) live vectors wanted,
-//! `probe.iters=K` (default [`DEFAULT_ITERS`]) timed invalidations, `probe.deliveries=D`
-//! (default [`DEFAULT_DELIVERIES`], 0 skips) interrupts per delivery mode.
+//! Command line: `probe.vectors=N` (default [`remap_bench::DEFAULT_VECTORS`]) live vectors
+//! wanted, `probe.iters=K` (default [`remap_bench::DEFAULT_ITERS`]) timed invalidations,
+//! `probe.deliveries=D` (default [`DEFAULT_DELIVERIES`], 0 skips) interrupts per delivery
+//! mode. The parts shared with `ir-bench` are in [`remap_bench`].
 //!
 //! 1. Enables the unit as Linux does (XT event and GA log interrupts to the BSP; the GA log
 //!    and GAMEn when the unit offers GAMSup = vAPIC). The APs stay in wait-for-SIPI.
@@ -38,44 +39,32 @@
 
 use super::amd_common;
 use super::bench_stats::{per_second, Micros};
-use super::ir_common::{self, DELIVERY_TIMEOUT_NS, NS_PER_MS, SETTLE_NS};
+use super::ir_common::{self, DELIVERY_TIMEOUT_NS, NS_PER_MS};
+use super::remap_bench::{
+    self, Fields, Kind, Sources, Unit, CHECKED, MAX_ITERS, VECTOR_INITIAL, VECTOR_MOVED,
+};
 use super::smp::{self, Smp};
 use super::Context;
 use crate::amdvi::irte::{self, GuestTarget, IntTable, Irte, LINUX_LEN_LOG2};
 use crate::amdvi::log::GaEntry;
 use crate::amdvi::regs::{CONTROL, STATUS_GALOG_OVERFLOW, STATUS_GA_INT};
 use crate::amdvi::{self, mem, AmdVi, Options, UnitInterrupts};
-use crate::clock::Clock;
-use crate::edu::{self, Edu};
+use crate::edu::Edu;
 use crate::msi::{Msi, MsiX};
-use crate::pci::{self, Function};
+use crate::pci;
 use crate::report::{Outcome, Text};
-use crate::tally::{self, Tally, DEVICE, EVENT};
+use crate::tally::{self, DEVICE, EVENT};
 use crate::{irq, pvh, sprintln, text, x86};
 
-/// Live vectors wanted when the command line does not say.
-const DEFAULT_VECTORS: u32 = 64;
-/// Timed invalidations when the command line does not say.
-const DEFAULT_ITERS: u32 = 200;
 /// Deliveries per mode when the command line does not say.
 const DEFAULT_DELIVERIES: u32 = 1000;
-/// Most live vectors (bus 0 full of 256-vector devices).
-const MAX_VECTORS: u32 = 8192;
-/// Most timed invalidations or deliveries.
-const MAX_ITERS: u32 = 1_000_000;
-/// Vector of every entry after setup (receipts in [`EVENT`]).
-const VECTOR_INITIAL: u8 = irq::TEST_VECTOR_B;
-/// The vector entries alternate with (receipts in [`DEVICE`]).
-const VECTOR_MOVED: u8 = irq::TEST_VECTOR_A;
+/// Most vectors per device: one table of 512 entries holds them.
+const MAX_PER_DEVICE: u32 = 256;
 /// The unit's own interrupts (GA log; receipts in [`EVENT`] too, which step 6 uses only
 /// after [`VECTOR_INITIAL`]'s checks are over).
 const UNIT_VECTOR: u8 = irq::TEST_VECTOR_C;
 /// Table size of an MSI device (one vector, entry 0).
 const MSI_TABLE_LOG2: u8 = 1;
-/// The edu interrupt-status bit raised for an MSI edu device.
-const RAISE_BIT: u32 = 1;
-/// Live vector checked at the end and used for the deliveries.
-const CHECKED: u32 = 0;
 /// The guest vector and tag of the guest-mode deliveries.
 const GUEST_VECTOR: u8 = 0x51;
 const GUEST_TAG: u32 = 0x0000_0203;
@@ -85,115 +74,45 @@ const GUEST_IRR_BIT: u64 = 1 << (GUEST_VECTOR % 32);
 /// Bytes of a backing page.
 const PAGE: u64 = 0x1000;
 
-/// How the live vectors' devices interrupt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// irvmm's edu-msix: many MSI-X vectors per device.
-    MsiX,
-    /// QEMU's edu: one MSI vector per device.
-    Msi,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::MsiX => "msix",
-            Kind::Msi => "msi",
-        }
-    }
-}
-
-/// The devices that carry the live vectors: live vector g is vector `g % per_device` of
-/// device `g / per_device`, through entry `g % per_device` of that device's table.
-struct Sources {
-    kind: Kind,
-    functions: [Function; pci::BUS_FUNCTIONS],
+/// The AMD-Vi unit as the benchmark drives it, with the live vectors' devices: live
+/// vector g goes through entry `g % per_device` of its device's table.
+struct AmdUnit<'a> {
+    vi: AmdVi,
+    sources: &'a Sources,
     tables: [Option<IntTable>; pci::BUS_FUNCTIONS],
-    found: usize,
-    per_device: u32,
-    live: u32,
 }
 
-impl Sources {
-    /// Finds the devices (edu-msix if any, else edu), up to `wanted` vectors.
-    fn find(wanted: u32) -> Result<Sources, Text> {
-        let placeholder = Function {
-            bus: 0,
-            device: 0,
-            function: 0,
-        };
-        let mut functions = [placeholder; pci::BUS_FUNCTIONS];
-        let msix = pci::find_all_on_bus0(edu::VENDOR_ID, edu::EDU_MSIX_DEVICE_ID, &mut functions);
-        let (kind, found) = if msix > 0 {
-            (Kind::MsiX, msix)
-        } else {
-            let msi = pci::find_all_on_bus0(edu::VENDOR_ID, edu::EDU_DEVICE_ID, &mut functions);
-            (Kind::Msi, msi)
-        };
-        let found = found.min(pci::BUS_FUNCTIONS);
-        if found == 0 {
-            return Err(text!(
-                "no edu-msix ({:04x}:{:04x}) or edu ({:04x}:{:04x}) device on bus 0",
-                edu::VENDOR_ID,
-                edu::EDU_MSIX_DEVICE_ID,
-                edu::VENDOR_ID,
-                edu::EDU_DEVICE_ID
-            ));
-        }
-        let per_device = match kind {
-            // At most 256 here: one table of 512 entries holds them.
-            Kind::MsiX => u32::from(MsiX::find(functions[0])?.vectors()).min(256),
-            Kind::Msi => 1,
-        };
-        let live = wanted.min(found as u32 * per_device);
-        Ok(Sources {
-            kind,
-            functions,
-            tables: [None; pci::BUS_FUNCTIONS],
-            found,
-            per_device,
-            live,
-        })
-    }
-
-    /// Devices that carry live vectors.
-    fn devices(&self) -> usize {
-        self.live.div_ceil(self.per_device) as usize
-    }
-
-    /// Live vector `g`: its device's index, and its vector / entry number there.
-    fn locate(&self, g: u32) -> (usize, u32) {
-        ((g / self.per_device) as usize, g % self.per_device)
-    }
-
+impl AmdUnit<'_> {
     /// Gives every device a table with its live vectors' entries (fixed `vector` to
     /// `dest`), announces each table, and programs and enables the devices' interrupts.
     fn set_up(
         &mut self,
-        vi: &mut AmdVi,
         platform: &amd_common::AmdPlatform,
         vector: u8,
         dest: u32,
     ) -> Result<Edu, Text> {
-        let first = Edu::open(self.functions[0])?;
-        for d in 0..self.devices() {
-            let function = self.functions[d];
+        let sources = self.sources;
+        let first = Edu::open(sources.functions[0])?;
+        for d in 0..sources.devices() {
+            let function = sources.functions[d];
             if d > 0 {
                 Edu::open(function)?;
             }
             let device_id = platform.device_id(function)?;
-            let len = match self.kind {
+            let len = match sources.kind {
                 Kind::MsiX => LINUX_LEN_LOG2,
                 Kind::Msi => MSI_TABLE_LOG2,
             };
-            let table = vi.attach(device_id, len)?;
-            let count = self.per_device.min(self.live - d as u32 * self.per_device);
+            let table = self.vi.attach(device_id, len)?;
+            let count = sources
+                .per_device
+                .min(sources.live - d as u32 * sources.per_device);
             for j in 0..count {
                 table.set(j, Irte::remapped(vector, dest))?;
             }
-            vi.invalidate_table(device_id)?;
+            self.vi.invalidate_table(device_id)?;
             self.tables[d] = Some(table);
-            match self.kind {
+            match sources.kind {
                 Kind::MsiX => {
                     let msix = MsiX::find(function)?;
                     // MSI-X is still off: the entries change without sending anything.
@@ -210,58 +129,57 @@ impl Sources {
     }
 
     /// Live vector `g`'s table and entry, and its device ID.
+    #[inline(always)]
     fn entry(&self, g: u32) -> Result<(IntTable, u32, u16), Text> {
-        let (d, j) = self.locate(g);
+        let (d, j) = self.sources.locate(g);
         let table = self.tables[d].ok_or_else(|| text!("device {} has no table", d))?;
-        Ok((table, j, self.functions[d].sid()))
-    }
-
-    /// Makes live vector `g`'s device send it once (`edu` is that device).
-    fn raise(&self, edu: &Edu, g: u32) {
-        match self.kind {
-            Kind::MsiX => edu.trigger_msix(self.locate(g).1 as u16),
-            Kind::Msi => edu.raise(RAISE_BIT),
-        }
-    }
-
-    /// Undoes what [`Sources::raise`] left behind (the MSI edu's status bit).
-    fn settle_raise(&self, edu: &Edu) {
-        if self.kind == Kind::Msi {
-            edu.ack(RAISE_BIT);
-        }
+        Ok((table, j, self.sources.functions[d].sid()))
     }
 }
 
-/// The vector live vector `g`'s entry holds after the timed loop wrote it `writes` times.
-fn vector_after(writes: u32) -> u8 {
-    if writes % 2 == 1 {
-        VECTOR_MOVED
-    } else {
-        VECTOR_INITIAL
+impl Unit for AmdUnit<'_> {
+    fn read_register(&self) {
+        // A volatile read: never optimised away.
+        self.vi.regs().read64(CONTROL);
     }
-}
 
-/// The tally counting receipts of `vector`.
-fn tally_of(vector: u8) -> &'static Tally {
-    if vector == VECTOR_MOVED {
-        &DEVICE
-    } else {
-        &EVENT
+    /// Rewrites live vector `g`'s entry, then INVALIDATE_INTERRUPT_TABLE for its device and
+    /// a COMPLETION_WAIT in one tail write, polling the store. Inlined into the timed loop,
+    /// as it was before the loop was shared: the time per iteration includes these
+    /// instructions.
+    #[inline(always)]
+    fn move_entry(&mut self, g: u32, vector: u8, dest: u32) -> Result<(), Text> {
+        let (table, j, device_id) = self.entry(g)?;
+        table.set(j, Irte::remapped(vector, dest))?;
+        self.vi.invalidate_table(device_id)
+    }
+
+    fn moved_failure(&self, g: u32, vector: u8, dest: u32, hits: u32) -> Text {
+        let (_, j, device_id) = match self.entry(g) {
+            Ok(entry) => entry,
+            Err(why) => return why,
+        };
+        text!(
+            "moved vector {} (device 0x{:04x} IRTE {} -> APIC ID {} vector 0x{:x}): {} there within {} ms, \
+             {} interrupts in all, AMD-Vi status 0x{:x}",
+            g,
+            device_id,
+            j,
+            dest,
+            vector,
+            hits,
+            DELIVERY_TIMEOUT_NS / NS_PER_MS,
+            remap_bench::received(),
+            self.vi.status()
+        )
     }
 }
 
 /// The command-line parameters: (vectors wanted, iterations, deliveries).
 fn parameters(ctx: &Context) -> Result<(u32, u32, u32), Text> {
-    let vectors = pvh::cmdline_u32(ctx.cmdline, "probe.vectors", DEFAULT_VECTORS)?;
-    let iters = pvh::cmdline_u32(ctx.cmdline, "probe.iters", DEFAULT_ITERS)?;
+    let (vectors, iters) = remap_bench::read_parameters(ctx)?;
     let deliveries = pvh::cmdline_u32(ctx.cmdline, "probe.deliveries", DEFAULT_DELIVERIES)?;
-    if !(1..=MAX_VECTORS).contains(&vectors) {
-        return Err(text!(
-            "probe.vectors={} is outside 1..={}",
-            vectors,
-            MAX_VECTORS
-        ));
-    }
+    remap_bench::check_vectors(vectors)?;
     if iters > MAX_ITERS || deliveries > MAX_ITERS {
         return Err(text!(
             "probe.iters={} / probe.deliveries={} exceed {}",
@@ -273,78 +191,14 @@ fn parameters(ctx: &Context) -> Result<(u32, u32, u32), Text> {
     Ok((vectors, iters, deliveries))
 }
 
-/// Times `iters` reads of the control register; returns nanoseconds in all.
-fn time_register_reads(vi: &AmdVi, clock: &Clock, iters: u32) -> u64 {
-    let begin = clock.now_ns();
-    for _ in 0..iters {
-        // A volatile read: never optimised away.
-        vi.regs().read64(CONTROL);
-    }
-    clock.now_ns().saturating_sub(begin)
-}
-
-/// The timed loop (step 4); returns nanoseconds in all.
-fn time_invalidations(
-    vi: &mut AmdVi,
-    smp: &Smp,
-    sources: &Sources,
-    iters: u32,
-) -> Result<u64, Text> {
-    let ids = smp.cpus.ids();
-    let live = sources.live;
-    let begin = smp.clock.now_ns();
-    for i in 0..iters {
-        let g = i % live;
-        let vector = vector_after(i / live + 1);
-        let dest = ids[(i as usize + 1) % ids.len()];
-        let (table, j, device_id) = sources.entry(g)?;
-        table.set(j, Irte::remapped(vector, dest))?;
-        vi.invalidate_table(device_id)?;
-    }
-    Ok(smp.clock.now_ns().saturating_sub(begin))
-}
-
-/// Step 5: moves live vector [`CHECKED`] to the BSP with the vector it does not hold,
-/// raises it and checks where it arrived.
-fn check_moved(
-    vi: &mut AmdVi,
-    smp: &Smp,
-    sources: &Sources,
-    edu: &Edu,
-    iters: u32,
-) -> Result<u8, Text> {
-    let live = sources.live;
-    let writes = iters / live + u32::from(CHECKED < iters % live);
-    let vector = if vector_after(writes) == VECTOR_MOVED {
-        VECTOR_INITIAL
+/// Time per iteration: `total_ns / count` truncated to the nanosecond (0 when `count` is
+/// 0), shown to a tenth of a microsecond.
+fn per_iteration(total_ns: u64, count: u32) -> Micros {
+    Micros(if count == 0 {
+        0
     } else {
-        VECTOR_MOVED
-    };
-    let (table, j, device_id) = sources.entry(CHECKED)?;
-    table.set(j, Irte::remapped(vector, smp.bsp_id))?;
-    vi.invalidate_table(device_id)?;
-    let total = || DEVICE.total() + EVENT.total();
-    sources.raise(edu, CHECKED);
-    let arrived = ir_common::wait(&smp.clock, DELIVERY_TIMEOUT_NS, || total() >= 1);
-    ir_common::settle(&smp.clock, SETTLE_NS);
-    sources.settle_raise(edu);
-    let hits = tally_of(vector).hits(smp.bsp_id);
-    if arrived && hits == 1 && total() == 1 {
-        return Ok(vector);
-    }
-    Err(text!(
-        "moved vector {} (device 0x{:04x} IRTE {} -> APIC ID {} vector 0x{:x}): {} there within {} ms, \
-         {} interrupts in all, AMD-Vi status 0x{:x}",
-        CHECKED,
-        device_id,
-        j,
-        smp.bsp_id,
-        vector,
-        hits,
-        DELIVERY_TIMEOUT_NS / NS_PER_MS,
-        total(),
-        vi.status()
-    ))
+        total_ns / u64::from(count)
+    })
 }
 
 /// Delivery rates (step 6), per second: remapped, posted, GA log (the last two `None`
@@ -369,15 +223,15 @@ impl core::fmt::Display for Rate {
 
 /// Step 6.
 fn time_deliveries(
-    vi: &mut AmdVi,
+    unit: &mut AmdUnit,
     smp: &Smp,
-    sources: &Sources,
     edu: &Edu,
     count: u32,
     guest_apic: bool,
 ) -> Result<Rates, Text> {
     let clock = &smp.clock;
-    let (table, j, device_id) = sources.entry(CHECKED)?;
+    let (table, j, device_id) = unit.entry(CHECKED)?;
+    let (vi, sources) = (&mut unit.vi, unit.sources);
 
     // Remapped: each raise waits for its interrupt.
     table.set(j, Irte::remapped(VECTOR_MOVED, smp.bsp_id))?;
@@ -466,7 +320,7 @@ pub fn run(ctx: &Context) -> Outcome {
     let (wanted, iters, deliveries) = parameters(ctx)?;
     let smp = smp::prepare(ctx)?;
     let platform = amd_common::discover(ctx)?;
-    let mut sources = Sources::find(wanted)?;
+    let sources = Sources::find(wanted, MAX_PER_DEVICE)?;
     let guest_apic = amdvi::offers_guest_apic(amdvi::extended_features(&platform.unit)?);
     let clock = smp.clock;
     irq::set_handler(VECTOR_MOVED, tally::on_device)?;
@@ -479,10 +333,15 @@ pub fn run(ctx: &Context) -> Outcome {
         },
         guest_apic,
     };
-    let mut vi = amd_common::enable(&platform, clock, options)?;
+    let vi = amd_common::enable(&platform, clock, options)?;
+    let mut unit = AmdUnit {
+        vi,
+        sources: &sources,
+        tables: [None; pci::BUS_FUNCTIONS],
+    };
 
     let begin = clock.now_ns();
-    let edu = sources.set_up(&mut vi, &platform, VECTOR_INITIAL, smp.bsp_id)?;
+    let edu = unit.set_up(&platform, VECTOR_INITIAL, smp.bsp_id)?;
     sprintln!(
         "amd-bench: {} live vectors of {} requested: {} {} device(s) of {} on bus 0, {} vector(s) each, one table each -> APIC ID {} vector 0x{:x} ({} ms)",
         sources.live,
@@ -496,24 +355,16 @@ pub fn run(ctx: &Context) -> Outcome {
         clock.now_ns().saturating_sub(begin) / NS_PER_MS
     );
 
-    // No wake-up ticks while timing.
-    irq::stop_tick();
-    let reads_ns = time_register_reads(&vi, &clock, iters);
-    let invalidations_ns = time_invalidations(&mut vi, &smp, &sources, iters);
-    irq::start_tick();
-    let invalidations_ns = invalidations_ns?;
-    let per = |ns: u64| Micros(if iters == 0 { 0 } else { ns / u64::from(iters) });
-    let (per_inv, per_read) = (per(invalidations_ns), per(reads_ns));
-    sprintln!(
-        "amd-bench: {} IRTE rewrites + INVALIDATE_INTERRUPT_TABLE + COMPLETION_WAIT in {} us ({} us each); {} register reads in {} us ({} us each)",
+    let timing = remap_bench::time_moves(
+        &mut unit,
+        &smp,
+        sources.live,
         iters,
-        invalidations_ns / 1000,
-        per_inv,
-        iters,
-        reads_ns / 1000,
-        per_read
-    );
-    let vector = check_moved(&mut vi, &smp, &sources, &edu, iters)?;
+        per_iteration,
+        "amd-bench",
+        "INVALIDATE_INTERRUPT_TABLE + COMPLETION_WAIT",
+    )?;
+    let vector = remap_bench::check_moved(&mut unit, &smp, &sources, &edu, iters)?;
     sprintln!(
         "amd-bench: moved vector {} arrived on APIC ID {} as 0x{:x}",
         CHECKED,
@@ -521,7 +372,7 @@ pub fn run(ctx: &Context) -> Outcome {
         vector
     );
     let rates = if deliveries > 0 {
-        time_deliveries(&mut vi, &smp, &sources, &edu, deliveries, guest_apic)?
+        time_deliveries(&mut unit, &smp, &edu, deliveries, guest_apic)?
     } else {
         Rates {
             remapped: 0,
@@ -538,14 +389,13 @@ pub fn run(ctx: &Context) -> Outcome {
         Rate(rates.galog)
     );
     Ok(text!(
-        "vectors={} iters={} us_per_inv={} requested={} devices={} kind={} mmio_read_us={} deliveries={} remapped_per_s={} posted_per_s={} galog_per_s={}",
-        sources.live,
-        iters,
-        per_inv,
-        wanted,
-        sources.devices(),
-        sources.kind.name(),
-        per_read,
+        "{} deliveries={} remapped_per_s={} posted_per_s={} galog_per_s={}",
+        Fields {
+            sources: &sources,
+            iters,
+            wanted,
+            timing: &timing,
+        },
         deliveries,
         rates.remapped,
         Rate(rates.posted),

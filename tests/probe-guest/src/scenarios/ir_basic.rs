@@ -16,11 +16,10 @@
 //!
 //! Passes with `from=A to=B index=I`.
 
-use super::ir_common::{self, IrPlatform, Vmm, DELIVERY_TIMEOUT_NS, SETTLE_NS};
+use super::ir_common::{self, IrPlatform, DELIVERY_TIMEOUT_NS};
 use super::smp::{self, Smp};
 use super::Context;
 use crate::ap::ApMode;
-use crate::clock::Clock;
 use crate::edu::{self, Edu};
 use crate::msi::Msi;
 use crate::report::{Outcome, Text};
@@ -32,18 +31,6 @@ use crate::{irq, sprintln, text};
 const VECTOR: u8 = irq::TEST_VECTOR_A;
 /// The entry the device's MSI names.
 const INDEX: u32 = 0x123;
-/// The edu interrupt-status bit the probe raises.
-const RAISE_BIT: u32 = 1;
-
-/// Makes the device send its MSI once and waits until `tally` reaches `total` receipts (or
-/// the deadline), then watches for strays; returns whether the total was reached.
-fn fire(edu: &Edu, clock: &Clock, total: u32) -> bool {
-    edu.raise(RAISE_BIT);
-    let arrived = ir_common::wait(clock, DELIVERY_TIMEOUT_NS, || DEVICE.total() >= total);
-    ir_common::settle(clock, SETTLE_NS);
-    edu.ack(RAISE_BIT);
-    arrived
-}
 
 /// Where the steps moved the interrupt.
 pub struct Moved {
@@ -74,14 +61,7 @@ pub fn run(ctx: &Context) -> Outcome {
 pub fn exercise(ctx: &Context, smp: &Smp, platform: &IrPlatform) -> Result<Moved, Text> {
     let edu = Edu::find(edu::EDU_DEVICE_ID)?;
     let msi = Msi::find(edu.function)?;
-    let from = ir_common::highest_ap(smp)?;
-    let to = smp
-        .cpus
-        .ids()
-        .iter()
-        .copied()
-        .find(|&id| id != smp.bsp_id && id != from)
-        .ok_or_else(|| text!("needs a second AP"))?;
+    let (from, to) = ir_common::from_and_to(smp)?;
     let sid = edu.function.sid();
     let clock = smp.clock;
 
@@ -106,7 +86,7 @@ pub fn exercise(ctx: &Context, smp: &Smp, platform: &IrPlatform) -> Result<Moved
     );
 
     // 1. Remapped to `from`.
-    if !fire(&edu, &clock, 1) {
+    if !ir_common::fire_edu(&edu, &clock, 1) {
         return Err(text!(
             "no interrupt within {} ms of the edu raise (edu status 0x{:x}, FSTS 0x{:x}); {}",
             DELIVERY_TIMEOUT_NS / ir_common::NS_PER_MS,
@@ -119,39 +99,17 @@ pub fn exercise(ctx: &Context, smp: &Smp, platform: &IrPlatform) -> Result<Moved
 
     // 2. The entry now names `to`, but nobody told the unit.
     vtd.set_irte(INDEX, Irte::remapped(VECTOR, to).verify_sid(sid))?;
-    let arrived = fire(&edu, &clock, 2);
-    let (at_from, at_to) = (DEVICE.hits(from), DEVICE.hits(to));
-    let cached = arrived && at_from == 2 && at_to == 0 && DEVICE.total() == 2;
-    let reread = arrived && at_from == 1 && at_to == 1 && DEVICE.total() == 2;
-    if platform.vmm == Vmm::Irvmm && !cached {
-        return Err(text!(
-            "entry rewritten without invalidation: expected the cached route to APIC ID {} \
-             again, got {} there and {} on ID {} ({} in all)",
-            from,
-            at_from,
-            at_to,
-            to,
-            DEVICE.total()
-        ));
-    }
-    if !cached && !reread {
-        return Err(unexpected(&DEVICE, "raise after the unannounced rewrite"));
-    }
-    sprintln!(
-        "ir-basic: before invalidation the interrupt went to APIC ID {} ({} on {})",
-        if cached { from } else { to },
-        if cached {
-            "the cached entry"
-        } else {
-            "observation: the rewritten entry, read without invalidation"
-        },
-        platform.vmm.name()
-    );
+    let arrived = ir_common::fire_edu(&edu, &clock, 2);
+    let (at_from, at_to) =
+        ir_common::check_unannounced("ir-basic", platform.vmm, from, to, arrived)?;
 
     // 3. Invalidate just that entry: the next interrupt follows it.
     vtd.invalidate_entries(INDEX, 0)?;
     let expect_to = at_to + 1;
-    if !fire(&edu, &clock, 3) || DEVICE.hits(to) != expect_to || DEVICE.hits(from) != at_from {
+    if !ir_common::fire_edu(&edu, &clock, 3)
+        || DEVICE.hits(to) != expect_to
+        || DEVICE.hits(from) != at_from
+    {
         return Err(text!(
             "after the IEC invalidation of index {}: {} interrupts on APIC ID {} (expected {}), \
              {} on {} (expected {}), {} in all",
@@ -177,14 +135,4 @@ pub fn exercise(ctx: &Context, smp: &Smp, platform: &IrPlatform) -> Result<Moved
 /// `index` as a 16-bit handle.
 pub(super) fn index_handle(index: u32) -> Result<u16, Text> {
     u16::try_from(index).map_err(|_| text!("interrupt index {} exceeds 16 bits", index))
-}
-
-/// A failure naming the CPUs that took interrupts.
-fn unexpected(tally: &tally::Tally, what: &str) -> Text {
-    text!(
-        "{}: {} interrupts in all, {}",
-        what,
-        tally.total(),
-        ir_common::Takers(tally)
-    )
 }

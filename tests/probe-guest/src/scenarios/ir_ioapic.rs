@@ -13,40 +13,29 @@
 //!
 //! Passes with `apic_id=M index=I sid=0xSSSS` when exactly that CPU took exactly one.
 
-use super::ioapic_extdest::{raise_com1_interrupt, COM1_WAIT_NS};
-use super::ir_common::{self, NS_PER_MS};
+use super::ioapic_extdest::COM1_WAIT_NS;
+use super::ir_common::{self, COM1_IRQ, NS_PER_MS};
 use super::smp;
 use super::Context;
 use crate::ap::ApMode;
-use crate::ioapic::{self, IoApic};
 use crate::report::Outcome;
-use crate::tally::{self, DEVICE};
+use crate::tally::DEVICE;
 use crate::vtd::{irte, Irte, TABLE_LOG2_LINUX};
-use crate::{irq, serial, sprintln, text};
+use crate::{irq, sprintln, text};
 
 /// The vector the entry delivers.
 const VECTOR: u8 = irq::TEST_VECTOR_B;
 /// The entry the RTE names (bit 15 set: it travels in RTE bit 11).
 const INDEX: u32 = 0x8042;
-/// COM1's ISA IRQ.
-const COM1_IRQ: u8 = 4;
 /// RTE vector field: bits 7:0.
 const RTE_VECTOR_MASK: u64 = 0xff;
-
-/// Handler of [`VECTOR`] on every CPU: silences the UART and counts.
-fn on_uart_interrupt() {
-    serial::disable_interrupts();
-    tally::on_device();
-}
 
 /// Runs the scenario.
 pub fn run(ctx: &Context) -> Outcome {
     let smp = smp::prepare(ctx)?;
     let platform = ir_common::discover(ctx)?;
     let target = ir_common::highest_ap(&smp)?;
-    let madt = smp.madt()?;
-    let route = ioapic::isa_route(&madt, COM1_IRQ)?;
-    let (io, pin) = IoApic::for_gsi(&madt, route.gsi)?;
+    let (route, io, pin) = ir_common::com1_route(&smp)?;
     let scope = platform.dmar.ioapic(io.id)?;
     let unit = platform
         .dmar
@@ -56,7 +45,7 @@ pub fn run(ctx: &Context) -> Outcome {
         .ok_or_else(|| text!("DMAR scope of I/O APIC {} names no unit", io.id))?;
     let clock = smp.clock;
 
-    irq::set_handler(VECTOR, on_uart_interrupt)?;
+    irq::set_handler(VECTOR, ir_common::on_uart_interrupt)?;
     // Remapping first, as Linux enables it before it starts the APs.
     let mut vtd = ir_common::enable(&unit, clock, TABLE_LOG2_LINUX)?;
     smp::bring_up(ctx, &smp, ApMode::Interrupts)?;
@@ -77,25 +66,7 @@ pub fn run(ctx: &Context) -> Outcome {
         target,
         VECTOR
     );
-    io.set_rte(pin, ioapic::RTE_MASKED | rte);
-    let back = io.rte(pin) & !ioapic::RTE_READ_ONLY;
-    if back != ioapic::RTE_MASKED | rte {
-        return Err(text!(
-            "IOAPIC RTE {} reads back 0x{:016x} after writing 0x{:016x}",
-            pin,
-            back,
-            ioapic::RTE_MASKED | rte
-        ));
-    }
-
-    // No printing from here until the UART is quiet again.
-    io.set_rte(pin, rte);
-    let kicked = raise_com1_interrupt(&clock, || DEVICE.total() > 0);
-    io.set_rte(pin, ioapic::RTE_MASKED | rte);
-    irq::stop_tick();
-    if kicked {
-        sprintln!("ir-ioapic: no interrupt on the IER write; wrote a byte to THR");
-    }
+    ir_common::fire_com1_pin("ir-ioapic", &io, pin, rte, &clock)?;
     if DEVICE.total() == 0 {
         return Err(text!(
             "no interrupt from IOAPIC pin {} within {} ms (FSTS 0x{:x})",

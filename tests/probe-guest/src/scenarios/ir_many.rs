@@ -14,14 +14,12 @@
 //! Passes with `vectors=64 cpus=N` when every target took exactly its share and nobody else
 //! took anything.
 
-use super::ir_common::{self, DELIVERY_TIMEOUT_NS, NS_PER_MS, SETTLE_NS};
+use super::ir_common;
 use super::smp;
 use super::Context;
 use crate::ap::ApMode;
-use crate::edu::{self, Edu};
-use crate::msi::MsiX;
 use crate::report::Outcome;
-use crate::tally::{self, DEVICE, MAX_ID};
+use crate::tally;
 use crate::vtd::{irte, Irte, TABLE_LOG2_LINUX};
 use crate::{irq, sprintln, text};
 
@@ -45,28 +43,8 @@ const _: () = assert!(1 << VECTORS_LOG2 == VECTORS && (BASE as usize).is_multipl
 pub fn run(ctx: &Context) -> Outcome {
     let smp = smp::prepare(ctx)?;
     let platform = ir_common::discover(ctx)?;
-    let edu = Edu::find(edu::EDU_MSIX_DEVICE_ID)?;
-    let msix = MsiX::find(edu.function)?;
-    if usize::from(msix.vectors()) < VECTORS {
-        return Err(text!(
-            "{} has {} MSI-X vectors, needs {}",
-            edu.function,
-            msix.vectors(),
-            VECTORS
-        ));
-    }
-    let ids = smp.cpus.ids();
-    if ids.iter().any(|&id| id >= MAX_ID) {
-        return Err(text!(
-            "APIC IDs reach {} (the probe counts below {})",
-            smp.cpus.max_id(),
-            MAX_ID
-        ));
-    }
-    let mut targets = [0u32; VECTORS];
-    for (j, t) in targets.iter_mut().enumerate() {
-        *t = ids[j * (ids.len() - 1) / (VECTORS - 1)];
-    }
+    let (edu, msix) = ir_common::find_edu_msix(VECTORS)?;
+    let targets: [u32; VECTORS] = ir_common::spread_targets(&smp)?;
     let sid = edu.function.sid();
     let clock = smp.clock;
 
@@ -113,55 +91,6 @@ pub fn run(ctx: &Context) -> Outcome {
         }
     );
 
-    let begin = clock.now_ns();
-    let mut share = 0;
-    for (j, &t) in targets.iter().enumerate() {
-        // Targets are sorted: how many of the vectors so far go to `t`.
-        share = if j > 0 && targets[j - 1] == t {
-            share + 1
-        } else {
-            1
-        };
-        edu.trigger_msix(j as u16);
-        if !ir_common::wait(&clock, DELIVERY_TIMEOUT_NS, || DEVICE.hits(t) >= share) {
-            return Err(text!(
-                "MSI-X vector {} (IRTE 0x{:x}) not on APIC ID {} within {} ms; {} in all, {}",
-                j,
-                u32::from(BASE) + j as u32,
-                t,
-                DELIVERY_TIMEOUT_NS / NS_PER_MS,
-                DEVICE.total(),
-                ir_common::Takers(&DEVICE)
-            ));
-        }
-    }
-    let elapsed_ms = clock.now_ns().saturating_sub(begin) / NS_PER_MS;
-    ir_common::settle(&clock, SETTLE_NS);
-    irq::stop_tick();
-    sprintln!(
-        "ir-many: {} interrupts in {} ms",
-        DEVICE.total(),
-        elapsed_ms
-    );
-    for (j, &t) in targets.iter().enumerate() {
-        let share = targets.iter().filter(|&&x| x == t).count() as u32;
-        if DEVICE.hits(t) != share {
-            return Err(text!(
-                "APIC ID {} (vector {}) took {} interrupts, expected {}",
-                t,
-                j,
-                DEVICE.hits(t),
-                share
-            ));
-        }
-    }
-    if DEVICE.total() as usize != VECTORS {
-        return Err(text!(
-            "{} interrupts for {} vectors; {}",
-            DEVICE.total(),
-            VECTORS,
-            ir_common::Takers(&DEVICE)
-        ));
-    }
+    ir_common::deliver_spread("ir-many", &edu, &clock, &targets, u32::from(BASE))?;
     Ok(text!("vectors={} cpus={}", VECTORS, smp.cpus.len()))
 }

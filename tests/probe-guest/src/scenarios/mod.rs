@@ -56,6 +56,7 @@ mod ir_many;
 mod platform;
 mod poweroff;
 mod pvpanic;
+mod remap_bench;
 mod reset;
 mod serial_in;
 mod smp;
