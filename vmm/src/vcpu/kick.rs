@@ -60,20 +60,35 @@ pub fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // Nothing: the signal only makes the kernel leave KVM_RUN.
 }
 
-/// Installs the no-op kick handler (once per process; later calls repeat the first result).
-pub fn install_handler() -> Result<(), KickError> {
-    /// 0 when installed, else the `sigaction` errno.
-    static INSTALLED: OnceLock<i32> = OnceLock::new();
-    let signal = kick_signal();
-    let errno = *INSTALLED.get_or_init(|| {
+/// The set holding `signal` alone.
+pub(super) fn signal_set(signal: i32) -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset initialises it and sigaddset
+    // adds one valid signal number.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        set
+    }
+}
+
+/// Installs a no-op handler (`SA_RESTART`) for `signal` once per process: `installed`
+/// remembers the first attempt's result (0, or the `sigaction` errno), which later calls
+/// repeat. The vCPU signals exist only to make the kernel leave `KVM_RUN`; a no-op handler
+/// means a delivery never takes the default action (ending the process).
+pub(super) fn install_noop_handler(
+    signal: i32,
+    installed: &'static OnceLock<i32>,
+) -> std::io::Result<()> {
+    let errno = *installed.get_or_init(|| {
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; it is filled in
         // below before use.
         let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-        act.sa_sigaction = on_kick as *const () as usize;
+        act.sa_sigaction = on_signal as *const () as usize;
         act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         // SAFETY: `act.sa_mask` is a valid sigset_t to initialize; the handler is
         // async-signal-safe (it does nothing) and lives forever; the old action is not
@@ -93,24 +108,23 @@ pub fn install_handler() -> Result<(), KickError> {
     if errno == 0 {
         Ok(())
     } else {
-        Err(KickError::Handler {
-            signal,
-            source: std::io::Error::from_raw_os_error(errno),
-        })
+        Err(std::io::Error::from_raw_os_error(errno))
     }
+}
+
+/// Installs the no-op kick handler (once per process; later calls repeat the first result).
+pub fn install_handler() -> Result<(), KickError> {
+    static INSTALLED: OnceLock<i32> = OnceLock::new();
+    let signal = kick_signal();
+    install_noop_handler(signal, &INSTALLED).map_err(|source| KickError::Handler { signal, source })
 }
 
 /// Unblocks the kick signal in the calling thread (threads inherit their creator's mask, and
 /// a blocked kick cannot interrupt `KVM_RUN`).
 pub fn unblock_in_this_thread() -> Result<(), KickError> {
-    // SAFETY: the set is initialized by sigemptyset before use; pthread_sigmask only
-    // changes the calling thread's mask; no old mask is wanted.
-    let rc = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, kick_signal());
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
-    };
+    let set = signal_set(kick_signal());
+    // SAFETY: pthread_sigmask only changes the calling thread's mask; no old mask is wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
         return Err(KickError::Unblock(std::io::Error::from_raw_os_error(rc)));
     }

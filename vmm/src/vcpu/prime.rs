@@ -33,6 +33,8 @@ use vmm_sys_util::ioctl::{ioctl_with_ptr, ioctl_with_ref};
 use vmm_sys_util::ioctl_iow_nr;
 use vmm_sys_util::signal::SIGRTMIN;
 
+use super::kick::{install_noop_handler, signal_set};
+
 /// KVM's ioctl type.
 const KVMIO: u32 = 0xAE;
 // KVM_SET_SIGNAL_MASK: _IOW(KVMIO, 0x8b, struct kvm_signal_mask), the 4-byte header.
@@ -127,14 +129,10 @@ fn set_mp_state(fd: &VcpuFd, state: u32) -> Result<(), PrimeError> {
 
 /// The calling thread's signal mask with `signal` added (the previous mask is returned).
 fn block(signal: i32) -> Result<libc::sigset_t, PrimeError> {
-    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    let set = signal_set(signal);
     let mut old = MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: initialising and changing this thread's mask with valid set pointers.
-    let ret = unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), signal);
-        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), old.as_mut_ptr())
-    };
+    // SAFETY: changing this thread's mask with valid set pointers.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, old.as_mut_ptr()) };
     if ret != 0 {
         return Err(PrimeError::Signal {
             op: "pthread_sigmask",
@@ -153,53 +151,22 @@ fn restore(old: &libc::sigset_t) {
 
 /// Takes the pending `signal` back (it is blocked, so it waits).
 fn take_back(signal: i32) {
-    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    let set = signal_set(signal);
     let timeout = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: a one-signal set; a zero timeout never blocks.
-    unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), signal);
-        libc::sigtimedwait(set.as_ptr(), std::ptr::null_mut(), &timeout);
-    }
-}
-
-extern "C" fn on_prime(_: libc::c_int) {
-    // Nothing: the signal is taken back before it can be delivered; this handler is only
-    // there so that a delivery could never take the default action (end the process).
+    unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
 }
 
 /// Installs the no-op handler of [`prime_signal`] (once per process).
 fn install_handler() -> Result<(), PrimeError> {
-    /// 0 when installed, else the `sigaction` errno.
     static INSTALLED: OnceLock<i32> = OnceLock::new();
-    let errno = *INSTALLED.get_or_init(|| {
-        // SAFETY: a zeroed sigaction is "no flags, empty mask"; the handler does nothing,
-        // lives forever and is async-signal-safe; the old action is not wanted.
-        let rc = unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_prime as *const () as usize;
-            act.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(prime_signal(), &act, std::ptr::null_mut())
-        };
-        if rc == 0 {
-            0
-        } else {
-            io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EINVAL)
-        }
-    });
-    if errno != 0 {
-        return Err(PrimeError::Signal {
-            op: "sigaction",
-            source: io::Error::from_raw_os_error(errno),
-        });
-    }
-    Ok(())
+    install_noop_handler(prime_signal(), &INSTALLED).map_err(|source| PrimeError::Signal {
+        op: "sigaction",
+        source,
+    })
 }
 
 /// Primes the AP `fd` (see the module documentation) and leaves it in wait-for-SIPI.
