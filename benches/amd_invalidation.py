@@ -88,10 +88,11 @@ import statistics
 import subprocess
 import sys
 
+from qemu_peers import qemu10
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "target", "guests", "probe.elf")
 IRVMM = os.path.join(ROOT, "target", "release", "irvmm")
-QEMU10_SETUP = os.path.join(ROOT, "..", "shared", "tools", "qemu10.sh")
 DEADLINE_S = 300
 # irvmm's edu-msix has 256 MSI-X vectors.
 EDU_MSIX_VECTORS = 256
@@ -173,15 +174,6 @@ def run_qemu(args, vectors, iters, deliveries):
     return run(qemu_cmd(args, vectors, iters, deliveries), QEMU_PASS)[0]
 
 
-def qemu_path():
-    """QEMU 10's wrapper from ../shared/tools/qemu10.sh (it prints the path), if present."""
-    if not os.path.exists(QEMU10_SETUP):
-        return None
-    p = subprocess.run([QEMU10_SETUP], capture_output=True, text=True, cwd=ROOT)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("/")]
-    return lines[-1] if p.returncode == 0 and lines else None
-
-
 def rate(details, key):
     value = details.get(key, "n/a")
     return None if value == "n/a" else int(value)
@@ -208,7 +200,7 @@ def main():
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: {fix}")
     if not args.no_qemu:
-        args.qemu = args.qemu or qemu_path()
+        args.qemu = args.qemu or qemu10()
         if not args.qemu:
             sys.exit("QEMU 10 is missing: run ../shared/tools/qemu10.sh from the repository root, or --qemu")
     if args.iters < 1 or args.runs < 1 or args.deliveries < 0:

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from qemu_peers import qemu10
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "target", "guests", "probe.elf")
 IRVMM = os.path.join(ROOT, "target", "release", "irvmm")
@@ -120,12 +122,6 @@ def series(cmd, window, runs):
     return tuple(statistics.median(r[i] for r in results) for i in range(4))
 
 
-def qemu10():
-    script = os.path.join(ROOT, "..", "shared", "tools", "qemu10.sh")
-    out = subprocess.run([script], check=True, capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[-1]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpus", type=int, default=4)
@@ -145,7 +141,7 @@ def main():
     if args.qemu:
         rows.append(("qemu 7.2", qemu_cmd(args.qemu, args.cpus, args.tick_us)))
     if args.qemu10:
-        rows.append(("qemu 10", qemu_cmd(qemu10(), args.cpus, args.tick_us)))
+        rows.append(("qemu 10", qemu_cmd(qemu10() or sys.exit("QEMU 10 is missing: run ../shared/tools/qemu10.sh from the repository root"), args.cpus, args.tick_us)))
     print(f"probe=idle probe.tick_us={args.tick_us}, {args.cpus} vCPUs, {args.window:.0f} s window, "
           f"median of {args.runs} runs; % of one host core")
     print(f"{'vmm':<18} {'process':>8} {'boot vCPU':>10} {'per AP vCPU':>12} {'other threads':>14}")

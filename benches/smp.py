@@ -23,10 +23,11 @@ import subprocess
 import sys
 import time
 
+from qemu_peers import qemu10
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "target", "guests", "probe.elf")
 IRVMM = os.path.join(ROOT, "target", "release", "irvmm")
-QEMU10_SETUP = os.path.join(ROOT, "..", "shared", "tools", "qemu10.sh")
 DEADLINE_S = 600
 MEMORY = "256M"
 QEMU72_MAX_CPUS = 288
@@ -41,19 +42,6 @@ def qemu_cmd(qemu, cpus):
     return [qemu, "-accel", "kvm", "-M", "q35,kernel-irqchip=split", "-m", MEMORY, "-smp", str(cpus),
             "-nographic", "-no-reboot", "-display", "none", "-monitor", "none", "-serial", "stdio",
             "-kernel", PROBE, "-append", "probe=smp", "-device", "isa-debug-exit,iobase=0x501,iosize=2"]
-
-
-def qemu10():
-    """QEMU 10's wrapper from ../shared/tools/qemu10.sh (it prints the path), if set up."""
-    if not os.path.exists(QEMU10_SETUP):
-        return None
-    try:
-        out = subprocess.run([QEMU10_SETUP], capture_output=True, text=True, timeout=900, check=True)
-    except (subprocess.SubprocessError, OSError) as e:
-        print(f"QEMU 10 unavailable ({e}); its columns are left out", file=sys.stderr)
-        return None
-    path = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-    return path if os.path.exists(path) else None
 
 
 def measure(cmd):

@@ -37,20 +37,12 @@ import subprocess
 import sys
 import tempfile
 
+from qemu_peers import qemu10
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IRVMM = os.path.join(ROOT, "target", "release", "irvmm")
 PROBE = os.path.join(ROOT, "target", "guests", "probe.elf")
-QEMU10_SETUP = os.path.join(ROOT, "..", "shared", "tools", "qemu10.sh")
 PASS = re.compile(r"^PROBE PASS virtio-blk-bench (.*)$", re.M)
-
-
-def qemu10():
-    """QEMU 10's wrapper from ../shared/tools/qemu10.sh (it prints the path), if present."""
-    if not os.path.exists(QEMU10_SETUP):
-        return None
-    p = subprocess.run([QEMU10_SETUP], capture_output=True, text=True, cwd=ROOT)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("/")]
-    return lines[-1] if p.returncode == 0 and lines else None
 
 
 def cmdline(args):
