@@ -42,6 +42,9 @@ pub struct Vcpu {
     pub index: u32,
     /// x2APIC ID (= KVM vCPU id).
     pub apic_id: u32,
+    /// An AP: its first entry is primed before the guest runs, and it then waits for a
+    /// SIPI (see [`prime`]). False for the boot vCPU, which runs from its registers.
+    pub wait_for_sipi: bool,
     /// The buses, the EOI hook, the exit state and guest memory.
     pub ctx: Arc<VcpuContext>,
 }
@@ -197,14 +200,10 @@ impl VcpuRun for Vcpu {
         unsafe { ImmediateExit::new(byte) }
     }
 
-    /// Primes the first entry of an AP created in wait-for-SIPI (see [`prime`]); a vCPU
-    /// that will run from its registers (the boot vCPU) needs nothing.
+    /// Primes an AP's first entry and leaves it in wait-for-SIPI (see [`prime`]); the boot
+    /// vCPU needs nothing.
     fn prepare(&mut self) -> Result<(), String> {
-        let state = self
-            .fd
-            .get_mp_state()
-            .map_err(|e| format!("KVM_GET_MP_STATE: {e}"))?;
-        if state.mp_state != kvm_bindings::KVM_MP_STATE_INIT_RECEIVED {
+        if !self.wait_for_sipi {
             return Ok(());
         }
         prime::prime_ap(&mut self.fd).map_err(|e| format!("priming the AP's first entry: {e}"))

@@ -19,7 +19,14 @@
 //! signal and returns EINTR before the first instruction. The signal is blocked in the
 //! calling thread's own mask all along, so it is never delivered: it is taken back with
 //! `sigtimedwait`, and KVM's signal mask is switched off again. The AP is then put in
-//! wait-for-SIPI, its registers untouched. The signal ([`prime_signal`], SIGRTMIN + 1) has
+//! wait-for-SIPI, its registers untouched.
+//!
+//! Wait-for-SIPI is where an AP is after power-on (SDM vol. 3, 9.4.1). KVM creates APs in
+//! UNINITIALIZED instead, which takes the INIT the guest sends first as a reason to leave
+//! KVM_RUN with EAGAIN: one return to user space and re-entry per AP, on top of the
+//! wake-up, while the boot vCPU is still sending the others theirs. In wait-for-SIPI, KVM
+//! handles the INIT and SIPI in the kernel, as it does for the halted APs a firmware
+//! leaves behind. The signal ([`prime_signal`], SIGRTMIN + 1) has
 //! a no-op handler, so that even a delivery could not end the process.
 
 use std::io;

@@ -117,6 +117,7 @@ fn rig(n: u32, code: &[u8]) -> Option<Rig> {
                 fd,
                 index: i,
                 apic_id: i,
+                wait_for_sipi: false,
                 ctx: ctx.clone(),
             }
         })

@@ -392,6 +392,7 @@ impl Vm {
                 fd,
                 index: index as u32,
                 apic_id,
+                wait_for_sipi: index != 0,
                 ctx: ctx.clone(),
             })
             .collect();

@@ -3,9 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_mp_state, kvm_msr_entry, Msrs, KVM_MP_STATE_INIT_RECEIVED,
-};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_msr_entry, Msrs};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
@@ -212,7 +210,8 @@ pub(crate) struct VcpuSetup<'a> {
 
 /// Creates the vCPU with APIC ID `apic_id` (the `index`th; index 0 is the boot vCPU) and
 /// configures it: CPUID, boot MSRs, IA32_APIC_BASE and, on the boot vCPU, the entry
-/// registers, FPU and LINT pins. APs stay in wait-for-SIPI.
+/// registers, FPU and LINT pins. APs are left as KVM creates them: their threads prime them
+/// and put them in wait-for-SIPI before the guest runs (`crate::vcpu::prime`).
 fn create_vcpu(
     vm: &VmFd,
     index: usize,
@@ -250,17 +249,6 @@ fn create_vcpu(
         fd.set_fpu(&boot::regs::boot_fpu())
             .map_err(Error::kvm("KVM_SET_FPU"))?;
         setup_lint(&fd)?;
-    } else {
-        // An AP after power-on waits for a SIPI (SDM vol. 3, 9.4.1). KVM creates it in
-        // UNINITIALIZED instead, which takes the INIT the guest sends first as a reason to
-        // leave KVM_RUN with EAGAIN: one return to user space and re-entry per AP, on top of
-        // the wake-up, while the boot vCPU is still sending the others theirs (a third of
-        // the bring-up time at 1024 vCPUs here). In wait-for-SIPI, KVM handles the INIT
-        // and SIPI in the kernel, as it does for the halted APs a firmware leaves behind.
-        fd.set_mp_state(kvm_mp_state {
-            mp_state: KVM_MP_STATE_INIT_RECEIVED,
-        })
-        .map_err(Error::kvm("KVM_SET_MP_STATE (wait-for-SIPI)"))?;
     }
     Ok(fd)
 }
