@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_probe_pass, asset, kvm_available, run_guest, run_probe, skip};
+use common::{assert_probe_pass, asset, kvm_available, run_guest, run_probe, run_qemu_probe, skip};
 
 fn boot_probe(test: &str, cpus: &str) {
     let run = match run_probe("boot", &["--cpus", cpus, "--memory", "64M"]) {
@@ -202,55 +202,12 @@ fn probe_cpuid_shows_hidden_features_only_with_a_warning() {
 /// QEMU 7.2 with `-cpu host,-popcnt,-smap`, running `probe=cpuid`: its PASS line's fields,
 /// or why it cannot run here.
 fn qemu_cpuid() -> Result<Vec<(String, String)>, String> {
-    kvm_available()?;
-    let probe = asset("probe.elf")?;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let Some(qemu) = std::env::split_paths(&path)
-        .map(|d| d.join("qemu-system-x86_64"))
-        .find(|p| p.is_file())
-    else {
-        return Err("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into());
-    };
-    let out = std::process::Command::new("timeout")
-        .arg("120")
-        .arg(qemu)
-        .args([
-            "-accel",
-            "kvm",
-            "-M",
-            "q35,kernel-irqchip=split",
-            "-cpu",
-            "host,-popcnt,-smap",
-            "-smp",
-            "2",
-            "-m",
-            "128M",
-            "-nographic",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0x501,iosize=2",
-            "-kernel",
-        ])
-        .arg(probe)
-        .args(["-append", "probe=cpuid"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("spawn qemu: {e}"))?;
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let (_, stdout, stderr) =
+        run_qemu_probe("probe=cpuid", &["-cpu", "host,-popcnt,-smap", "-smp", "2"])?;
+    let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
     assert!(
         lines.iter().any(|l| l.starts_with("PROBE PASS cpuid")),
-        "QEMU: {lines:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "QEMU: {lines:?}\n{stderr}"
     );
     Ok(fields(&lines, "PROBE PASS cpuid"))
 }

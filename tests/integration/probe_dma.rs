@@ -7,10 +7,8 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::{
-    assert_probe_pass, asset, kvm_available, run_probe, run_probe_cmdline, skip, TestDevice,
+    assert_probe_pass, run_probe, run_probe_cmdline, run_qemu_probe, skip, TestDevice, QEMU_PASS,
 };
 
 const PLATFORM: [&str; 8] = [
@@ -125,59 +123,18 @@ fn vfio_dma_remap_shadows_guest_mappings_into_the_device_server() {
 /// edu with an unmasked DMA address (its default keeps 28 bits), running `scenario`; the
 /// last `PROBE` line and QEMU's exit status, or why it cannot run here.
 fn qemu(scenario: &str) -> Result<(Option<i32>, String, String), String> {
-    kvm_available()?;
-    let probe = asset("probe.elf")?;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let Some(qemu) = std::env::split_paths(&path)
-        .map(|d| d.join("qemu-system-x86_64"))
-        .find(|p| p.is_file())
-    else {
-        return Err("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into());
-    };
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(qemu)
-        .args([
-            "-accel",
-            "kvm",
-            "-M",
-            "q35,kernel-irqchip=split",
+    run_qemu_probe(
+        &format!("probe={scenario}"),
+        &[
             "-device",
             "intel-iommu,intremap=on,eim=on,caching-mode=on,aw-bits=48",
             "-device",
             "edu,dma_mask=0xffffffffffffffff",
             "-smp",
             "2",
-            "-m",
-            "128M",
-            "-nographic",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0x501,iosize=2",
-            "-kernel",
-        ])
-        .arg(probe)
-        .arg("-append")
-        .arg(format!("probe={scenario}"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("spawn qemu: {e}"))?;
-    Ok((
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+        ],
+    )
 }
-
-/// QEMU's `isa-debug-exit` status for a pass: (0 << 1) | 1.
-const QEMU_PASS: Option<i32> = Some(1);
 
 fn qemu_pass(test: &str, scenario: &str, fields: &[&str]) {
     let (code, out, err) = match qemu(scenario) {

@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{
-    assert_probe_pass, asset, irvmm, kvm_available, run_guest_env, run_probe, skip, GuestRun,
+    assert_probe_pass, asset, find_qemu, irvmm, kvm_available, run_guest_env, run_probe, skip,
+    GuestRun, QEMU_PASS,
 };
 
 const IR_288: [&str; 6] = ["--cpus", "288", "--memory", "128M", "--iommu", "intel"];
@@ -440,9 +441,7 @@ fn qemu_in(
 ) -> Result<(Option<i32>, String, String), String> {
     kvm_available()?;
     let probe = asset("probe.elf")?;
-    let Some(qemu) = find_qemu() else {
-        return Err("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into());
-    };
+    let qemu = find_qemu()?.display().to_string();
     let serial = std::env::temp_dir().join(
         format!(
             "irvmm-qemu-serial-{}-{scenario_cmdline:.12}.log",
@@ -522,17 +521,6 @@ fn qemu_in(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
-
-fn find_qemu() -> Option<String> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("qemu-system-x86_64"))
-        .find(|p| p.is_file())
-        .map(|p| p.display().to_string())
-}
-
-/// QEMU's `isa-debug-exit` status for a pass: (0 << 1) | 1.
-const QEMU_PASS: Option<i32> = Some(1);
 
 fn qemu_pass(
     test: &str,

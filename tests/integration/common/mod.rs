@@ -63,6 +63,64 @@ pub fn kvm_available() -> Result<(), String> {
     }
 }
 
+/// QEMU 7.2 (Debian's `qemu-system-x86`) on PATH, or why it cannot run here.
+pub fn find_qemu() -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".to_string()
+        })
+}
+
+/// QEMU's `isa-debug-exit` status for a probe pass: (0 << 1) | 1.
+pub const QEMU_PASS: Option<i32> = Some(1);
+
+/// QEMU 7.2 under KVM running the probe guest with `cmdline`: q35 with the split irqchip,
+/// `extra` (CPU model, vCPUs, devices), 128 MiB, no default devices, the serial port on
+/// standard output and the debug-exit port; stopped after 120 s. Its exit status, standard
+/// output and standard error, or why it cannot run here.
+pub fn run_qemu_probe(
+    cmdline: &str,
+    extra: &[&str],
+) -> Result<(Option<i32>, String, String), String> {
+    kvm_available()?;
+    let probe = asset("probe.elf")?;
+    let qemu = find_qemu()?;
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(qemu)
+        .args(["-accel", "kvm", "-M", "q35,kernel-irqchip=split"])
+        .args(extra)
+        .args([
+            "-m",
+            "128M",
+            "-nographic",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0x501,iosize=2",
+            "-kernel",
+        ])
+        .arg(probe)
+        .args(["-append", cmdline])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("spawn qemu: {e}"))?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Whether the host CPU has hardware virtualization (VT-x or AMD-V), which a full Linux
 /// boot needs (see the build-machine notes: the emulating KVM there cannot run `int3`).
 pub fn hardware_virtualization() -> Result<(), String> {
